@@ -1,0 +1,229 @@
+"""The multilayer perceptron: dense layers y = x @ w + b, each followed by its activation.
+
+All parameters live in one flat buffer `params` (weights of every layer first, then every bias) and all gradients in
+one flat buffer `grads` of the same layout; `weights[i]`, `biases[i]` and their gradients are views into them. The
+optimizer therefore updates the whole network with a few vector operations, and the L2 penalty (weights only) is one.
+
+Training runs on a `Workspace` of buffers preallocated per batch size, so a training step allocates nothing large.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .activations import Activation, get_activation, sigmoid, softmax
+from .initializers import initialize
+from .losses import Loss, get_loss
+from .spec import NetworkSpec
+
+Array = NDArray[np.floating[Any]]
+
+
+@dataclass
+class Workspace:
+    """Buffers for one batch size: per layer, pre-activation z, activation a (z itself when the activation runs in
+    place), the dropped-out output, the dropout mask, dL/d(output), and scratch buffers for backward."""
+
+    n: int
+    z: list[Array]
+    a: list[Array]
+    out: list[Array]          # what the next layer reads: a, or a * mask under dropout
+    mask: list[Array | None]
+    delta: list[Array]
+    scratch: list[Array]
+    bmask: list[NDArray[np.bool_]]
+
+
+class MLP:
+    def __init__(self, spec: NetworkSpec, *, dtype: str | np.dtype[Any] = "float32",
+                 rng: np.random.Generator | None = None, params: Array | None = None) -> None:
+        self.spec = spec
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
+        sizes = spec.layer_sizes()
+        self.sizes = sizes
+        n_layers = len(spec.layers)
+        self.n_weights = sum(sizes[i] * sizes[i + 1] for i in range(n_layers))
+        self.n_params = self.n_weights + sum(sizes[1:])
+        self.params: Array = np.zeros(self.n_params, dtype=self.dtype)
+        self.grads: Array = np.zeros(self.n_params, dtype=self.dtype)
+        self.weights: list[Array] = []
+        self.biases: list[Array] = []
+        self.weight_grads: list[Array] = []
+        self.bias_grads: list[Array] = []
+        w_off, b_off = 0, self.n_weights
+        for i in range(n_layers):
+            n_in, n_out = sizes[i], sizes[i + 1]
+            self.weights.append(self.params[w_off:w_off + n_in * n_out].reshape(n_in, n_out))
+            self.weight_grads.append(self.grads[w_off:w_off + n_in * n_out].reshape(n_in, n_out))
+            self.biases.append(self.params[b_off:b_off + n_out])
+            self.bias_grads.append(self.grads[b_off:b_off + n_out])
+            w_off += n_in * n_out
+            b_off += n_out
+        self.activations: list[Activation] = [get_activation(layer.activation) for layer in spec.layers]
+        self.dropout = [layer.dropout for layer in spec.layers]
+        self.loss: Loss = get_loss(spec.loss)
+        self.fused = self.loss.fused
+        self.l2 = 0.0
+        self._workspaces: dict[int, Workspace] = {}
+        if params is not None:
+            self.set_params(params)
+        else:
+            if rng is None:
+                raise ValueError("an MLP needs either params or an rng to initialize them")
+            for i, layer in enumerate(spec.layers):
+                self.weights[i][...] = initialize(layer.initializer(), sizes[i], sizes[i + 1], rng)
+
+    # --- parameters -----------------------------------------------------------------------------------------------
+
+    def set_params(self, params: Array) -> None:
+        params = np.asarray(params)
+        if params.shape != (self.n_params,):
+            raise ValueError(f"expected {self.n_params} parameters, got shape {params.shape}")
+        np.copyto(self.params, params, casting="same_kind")
+
+    def param_arrays(self) -> list[Array]:
+        """Weights and biases, layer by layer: [w0, b0, w1, b1, ...] (views)."""
+        out: list[Array] = []
+        for w, b in zip(self.weights, self.biases, strict=True):
+            out += [w, b]
+        return out
+
+    def grad_arrays(self) -> list[Array]:
+        out: list[Array] = []
+        for w, b in zip(self.weight_grads, self.bias_grads, strict=True):
+            out += [w, b]
+        return out
+
+    def l2_penalty(self) -> float:
+        """0.5 * l2 * ||w||^2 over the weights (biases are not decayed)."""
+        if not self.l2:
+            return 0.0
+        w = self.params[: self.n_weights]
+        return 0.5 * self.l2 * float(np.dot(w, w))
+
+    # --- training -------------------------------------------------------------------------------------------------
+
+    def workspace(self, n: int) -> Workspace:
+        ws = self._workspaces.get(n)
+        if ws is None:
+            ws = self._workspaces[n] = self._make_workspace(n)
+        return ws
+
+    def _make_workspace(self, n: int) -> Workspace:
+        z, a, out, mask, delta, scratch, bmask = [], [], [], [], [], [], []
+        last = len(self.activations) - 1
+        for i, act in enumerate(self.activations):
+            units = self.sizes[i + 1]
+            zi = np.empty((n, units), dtype=self.dtype)
+            ai = zi if (act.inplace or (i == last and self.fused)) else np.empty_like(zi)
+            mi = np.empty_like(zi) if self.dropout[i] else None
+            z.append(zi)
+            a.append(ai)
+            mask.append(mi)
+            out.append(np.empty_like(zi) if mi is not None else ai)
+            delta.append(np.empty_like(zi))
+            scratch.append(np.empty_like(zi))
+            bmask.append(np.empty((n, units), dtype=bool))
+        return Workspace(n=n, z=z, a=a, out=out, mask=mask, delta=delta, scratch=scratch, bmask=bmask)
+
+    def train_step(self, x: Array, y: Array, rng: np.random.Generator) -> tuple[float, Workspace]:
+        """Forward (dropout on) and backward over one batch; fills `grads` (incl. L2) and returns the data loss."""
+        ws = self.workspace(x.shape[0])
+        self._forward_train(x, ws, rng)
+        last = len(self.activations) - 1
+        pred = ws.z[last] if self.fused else ws.a[last]
+        loss = self.loss.value_and_grad(pred, y, ws.delta[last])
+        self._backward(x, ws)
+        if self.l2:
+            self.add_l2_grad()
+        return loss, ws
+
+    def add_l2_grad(self) -> None:
+        g, w = self.grads[: self.n_weights], self.params[: self.n_weights]
+        g += self.l2 * w
+
+    def _forward_train(self, x: Array, ws: Workspace, rng: np.random.Generator) -> None:
+        inp = x
+        last = len(self.activations) - 1
+        for i, act in enumerate(self.activations):
+            z = ws.z[i]
+            np.matmul(inp, self.weights[i], out=z)
+            z += self.biases[i]
+            if i == last and self.fused:
+                break
+            act.forward(z, ws.a[i], ws.scratch[i], ws.bmask[i])
+            mask = ws.mask[i]
+            if mask is not None:
+                p = self.dropout[i]
+                rng.random(out=mask, dtype=self.dtype.type)
+                np.greater_equal(mask, p, out=ws.bmask[i])
+                np.multiply(ws.bmask[i], 1.0 / (1.0 - p), out=mask)
+                np.multiply(ws.a[i], mask, out=ws.out[i])
+            inp = ws.out[i]
+
+    def _backward(self, x: Array, ws: Workspace) -> None:
+        last = len(self.activations) - 1
+        delta = ws.delta[last]
+        if not self.fused:
+            self.activations[last].backward(delta, ws.z[last], ws.a[last], ws.scratch[last], ws.bmask[last])
+        for i in range(last, -1, -1):
+            inp = x if i == 0 else ws.out[i - 1]
+            np.matmul(inp.T, delta, out=self.weight_grads[i])
+            np.sum(delta, axis=0, out=self.bias_grads[i])
+            if i == 0:
+                break
+            prev = ws.delta[i - 1]
+            np.matmul(delta, self.weights[i].T, out=prev)
+            mask = ws.mask[i - 1]
+            if mask is not None:
+                prev *= mask
+            self.activations[i - 1].backward(prev, ws.z[i - 1], ws.a[i - 1], ws.scratch[i - 1], ws.bmask[i - 1])
+            delta = prev
+
+    # --- inference ------------------------------------------------------------------------------------------------
+
+    def forward(self, x: Array, *, logits: bool = False) -> Array:
+        """Outputs for x in inference mode (no dropout). With logits=True a fused loss's output layer returns z."""
+        a = np.asarray(x, dtype=self.dtype)
+        last = len(self.activations) - 1
+        for i, act in enumerate(self.activations):
+            z = a @ self.weights[i]
+            z += self.biases[i]
+            if i == last and self.fused and logits:
+                return z
+            if i == last and self.fused:
+                return softmax(z, z) if self.spec.loss == "cross_entropy" else sigmoid(z, z)
+            out = z if act.inplace else np.empty_like(z)
+            act.forward(z, out, np.empty_like(z), np.empty(z.shape, dtype=bool))
+            a = out
+        return a
+
+    def predict(self, x: Array, *, batch_size: int = 8192) -> Array:
+        x = np.asarray(x, dtype=self.dtype)
+        if x.shape[0] <= batch_size:
+            return self.forward(x)
+        return np.concatenate([self.forward(x[s:s + batch_size]) for s in range(0, x.shape[0], batch_size)])
+
+    def objective(self, x: Array, y: Array) -> float:
+        """Mean data loss plus the L2 penalty, in inference mode (used by gradient checks)."""
+        pred = self.forward(x, logits=True)
+        return self.loss.value(pred, y) + self.l2_penalty()
+
+    def gradient(self, x: Array, y: Array) -> Array:
+        """d objective / d params (no dropout), as a copy of the flat gradient."""
+        saved = self.dropout
+        self.dropout = [0.0] * len(saved)
+        self._workspaces.pop(x.shape[0], None)
+        try:
+            self.train_step(np.ascontiguousarray(x, dtype=self.dtype), np.asarray(y, dtype=self.dtype),
+                            np.random.default_rng(0))
+        finally:
+            self.dropout = saved
+            self._workspaces.pop(x.shape[0], None)
+        return self.grads.copy()
