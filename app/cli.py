@@ -1,0 +1,167 @@
+"""The `backprop` console script: serve (API + embedded workers), worker, migrate, keys."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+from app.config import Settings
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+
+
+def cmd_migrate(settings: Settings, _: argparse.Namespace) -> int:
+    from app.db.migrate import upgrade
+
+    upgrade(str(settings.database_url))
+    print(f"database at {_safe_url(settings.database_url)} is at the latest migration")
+    return 0
+
+
+def _safe_url(url: Any) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(str(url)).render_as_string(hide_password=True)
+
+
+def _require_current(settings: Settings) -> Any:
+    from app.db.migrate import is_current
+    from app.db.session import Database
+
+    db = Database(str(settings.database_url))
+    if not is_current(db.write_engine):
+        db.dispose()
+        print("the database schema is not current: run `backprop migrate` first", file=sys.stderr)
+        raise SystemExit(2)
+    return db
+
+
+def cmd_keys(settings: Settings, ns: argparse.Namespace) -> int:
+    from app.errors import NotFound
+    from app.services import keys
+
+    db = _require_current(settings)
+    try:
+        with db.session() as s:
+            if ns.keys_cmd == "create":
+                row, key = keys.create_key(s, owner=ns.owner or ns.name, name=ns.name)
+                print(f"created key {row.prefix} for owner {row.owner!r}; it is shown only this once:")
+                print(key)
+            elif ns.keys_cmd == "list":
+                rows = keys.list_keys(s)
+                print(f"{'PREFIX':<18} {'OWNER':<20} {'NAME':<20} {'CREATED':<20} {'LAST USED':<20} STATUS")
+                for r in rows:
+                    print(
+                        f"{r.prefix:<18} {r.owner:<20} {(r.name or ''):<20} {r.created_at:%Y-%m-%d %H:%M:%S}  "
+                        f"{(f'{r.last_used_at:%Y-%m-%d %H:%M:%S}' if r.last_used_at else '-'):<20} "
+                        f"{'revoked' if r.revoked_at else 'active'}"
+                    )
+            elif ns.keys_cmd == "revoke":
+                try:
+                    row = keys.revoke(s, ns.prefix)
+                except NotFound as exc:
+                    print(exc.detail, file=sys.stderr)
+                    return 1
+                print(f"revoked {row.prefix}")
+    finally:
+        db.dispose()
+    return 0
+
+
+def cmd_worker(settings: Settings, ns: argparse.Namespace) -> int:
+    from app.worker.loop import run_workers
+
+    _require_current(settings).dispose()
+    run_workers(settings, ns.workers if ns.workers is not None else max(1, settings.workers))
+    return 0
+
+
+def cmd_serve(settings: Settings, ns: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.db import repositories as repo
+    from app.main import create_app
+    from app.services import keys
+
+    db = _require_current(settings)
+    with db.session() as s:
+        if repo.count_keys(s, active_only=False) == 0:
+            _, key = keys.create_key(s, owner="default", name="first key")
+            print(
+                "No API keys existed, so one was created for owner 'default'. Send it as "
+                "'Authorization: Bearer <key>'. It is shown only this once:",
+                flush=True,
+            )
+            print(key, flush=True)
+    host = ns.host or settings.host
+    port = ns.port if ns.port is not None else settings.port
+    n_workers = ns.workers if ns.workers is not None else settings.workers
+    worker: subprocess.Popen[bytes] | None = None
+    if n_workers > 0:
+        # Its own session: a terminal's Ctrl-C reaches only us, and we relay exactly one signal.
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker", "--workers", str(n_workers)],
+            env=os.environ.copy(),
+            start_new_session=True,
+        )
+    try:
+        uvicorn.run(
+            create_app(settings, db=db),
+            host=host,
+            port=port,
+            log_level=settings.log_level,
+            access_log=False,
+            timeout_graceful_shutdown=10,
+        )
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+        db.dispose()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="backprop", description="Backprop Service: training as a service.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    serve = sub.add_parser("serve", help="serve the HTTP API with embedded workers")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int, help="embedded worker count (default BACKPROP_WORKERS)")
+    worker = sub.add_parser("worker", help="run workers that train queued jobs")
+    worker.add_argument("--workers", type=int, help="concurrent jobs in this process (default BACKPROP_WORKERS)")
+    sub.add_parser("migrate", help="create or upgrade the database schema")
+    keys = sub.add_parser("keys", help="manage API keys")
+    ksub = keys.add_subparsers(dest="keys_cmd", required=True)
+    create = ksub.add_parser("create", help="create a key; prints it once, alone on the last line")
+    create.add_argument("name")
+    create.add_argument("--owner", help="the tenant the key acts for (default: NAME)")
+    ksub.add_parser("list", help="list keys (prefixes only)")
+    revoke = ksub.add_parser("revoke", help="revoke a key by its prefix")
+    revoke.add_argument("prefix")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    ns = build_parser().parse_args(argv)
+    settings = Settings()
+    _logging(settings.log_level if settings.log_level != "trace" else "debug")
+    handlers = {"serve": cmd_serve, "worker": cmd_worker, "migrate": cmd_migrate, "keys": cmd_keys}
+    raise SystemExit(handlers[ns.cmd](settings, ns))
+
+
+if __name__ == "__main__":
+    main()

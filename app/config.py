@@ -1,0 +1,60 @@
+"""Settings: the only reader of the environment (prefix `BACKPROP_`).
+
+Nothing reads settings at import time: `Settings()` reads the environment when called, and tests build
+`Settings(database_url=..., ...)` directly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BACKPROP_", extra="ignore", frozen=True)
+
+    # Storage. A `postgresql+psycopg://` URL scales out; the SQLite default needs nothing installed.
+    database_url: str = "sqlite:///./var/backprop.db"
+    data_dir: Path = Path("./var")
+
+    # HTTP
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65_535)
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
+
+    # Workers (DESIGN.md §4-§5)
+    workers: int = Field(default=1, ge=0)
+    lease_seconds: float = Field(default=60.0, gt=0)
+    heartbeat_seconds: float = Field(default=10.0, gt=0)
+    reaper_seconds: float = Field(default=15.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    poll_seconds: float = Field(default=0.5, gt=0)  # idle worker's wait between claim attempts
+    checkpoint_seconds: float = Field(default=60.0, gt=0)
+
+    # Limits (DESIGN.md §8): a static violation is a 422 naming the limit, a quota a 429.
+    max_json_bytes: int = Field(default=32 * MiB, gt=0)
+    max_upload_bytes: int = Field(default=256 * MiB, gt=0)
+    max_dataset_rows: int = Field(default=1_000_000, gt=0)
+    max_features: int = Field(default=100_000, gt=0)
+    max_params: int = Field(default=10_000_000, gt=0)
+    max_epochs: int = Field(default=10_000, gt=0)
+    max_batch_size: int = Field(default=65_536, gt=0)
+    max_active_jobs_per_owner: int = Field(default=10, gt=0)
+    max_stored_bytes_per_owner: int = Field(default=2 * GiB, gt=0)
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> Self:
+        # A lease must survive at least one missed heartbeat, or a healthy worker loses its job.
+        if self.heartbeat_seconds * 2 > self.lease_seconds:
+            raise ValueError(
+                f"heartbeat_seconds ({self.heartbeat_seconds}) must be at most half of "
+                f"lease_seconds ({self.lease_seconds})"
+            )
+        return self

@@ -1,0 +1,388 @@
+"""All SQL of the service. Functions take a Session and flush, never commit: the caller owns the transaction.
+
+Job state changes are guarded UPDATEs (`WHERE status IN (...)`); the worker's writes are also fenced by its lease
+token, so a worker that lost its lease changes nothing (DESIGN.md §2-§4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from app.db.base import new_id, utcnow
+from app.db.models import (
+    ApiKey,
+    Checkpoint,
+    Dataset,
+    EpochMetric,
+    IdempotencyKey,
+    Job,
+    JobEvent,
+    Model,
+    Network,
+)
+from app.domain import TERMINAL, JobEventType, JobStatus
+
+T = TypeVar("T", Network, Dataset, Job, Model)
+
+
+# --- generic owned resources ------------------------------------------------------------------------------------
+
+
+def get_owned(session: Session, cls: type[T], owner: str, id_: str) -> T | None:
+    """The row with this id if it belongs to `owner` and is not deleted; None otherwise (the same either way)."""
+    conds: list[ColumnElement[bool]] = [cls.id == id_, cls.owner == owner]
+    if hasattr(cls, "deleted_at"):
+        conds.append(cls.deleted_at.is_(None))  # type: ignore[union-attr]
+    return session.execute(select(cls).where(*conds)).scalar_one_or_none()
+
+
+def list_owned(
+    session: Session,
+    cls: type[T],
+    owner: str,
+    *,
+    limit: int,
+    after: str | None,
+    extra: Sequence[ColumnElement[bool]] = (),
+) -> tuple[list[T], bool]:
+    """Newest first, keyset-paginated on (created_at, id): `after` is the id of the last item of the previous page."""
+    conds: list[ColumnElement[bool]] = [cls.owner == owner, *extra]
+    if hasattr(cls, "deleted_at"):
+        conds.append(cls.deleted_at.is_(None))  # type: ignore[union-attr]
+    if after is not None:
+        cursor = session.execute(
+            select(cls.created_at, cls.id).where(cls.id == after, cls.owner == owner)
+        ).one_or_none()
+        if cursor is None:
+            return [], False
+        conds.append(or_(cls.created_at < cursor[0], and_(cls.created_at == cursor[0], cls.id < cursor[1])))
+    rows = list(
+        session.execute(
+            select(cls).where(*conds).order_by(cls.created_at.desc(), cls.id.desc()).limit(limit + 1)
+        ).scalars()
+    )
+    return rows[:limit], len(rows) > limit
+
+
+def soft_delete(session: Session, cls: type[Network] | type[Dataset] | type[Model], owner: str, id_: str) -> bool:
+    result = session.execute(
+        update(cls).where(cls.id == id_, cls.owner == owner, cls.deleted_at.is_(None)).values(deleted_at=utcnow())
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def model_for_job(session: Session, job_id: str) -> Model | None:
+    return session.execute(select(Model).where(Model.job_id == job_id)).scalar_one_or_none()
+
+
+# --- api keys ---------------------------------------------------------------------------------------------------
+
+
+def key_by_prefix(session: Session, prefix: str) -> ApiKey | None:
+    return session.execute(select(ApiKey).where(ApiKey.prefix == prefix)).scalar_one_or_none()
+
+
+def count_keys(session: Session, *, active_only: bool = True) -> int:
+    q = select(func.count()).select_from(ApiKey)
+    if active_only:
+        q = q.where(ApiKey.revoked_at.is_(None))
+    return int(session.execute(q).scalar_one())
+
+
+# --- jobs: API side ---------------------------------------------------------------------------------------------
+
+
+def add_event(
+    session: Session,
+    job_id: str,
+    type_: JobEventType,
+    *,
+    status: JobStatus | None = None,
+    data: dict[str, Any] | None = None,
+) -> None:
+    seq = session.execute(
+        select(func.coalesce(func.max(JobEvent.seq), 0)).where(JobEvent.job_id == job_id)
+    ).scalar_one()
+    session.add(JobEvent(job_id=job_id, seq=int(seq) + 1, type=type_, status=status, data=data or {}))
+    session.flush()
+
+
+def status_events(session: Session, job_id: str) -> list[JobEvent]:
+    return list(
+        session.execute(
+            select(JobEvent)
+            .where(JobEvent.job_id == job_id, JobEvent.type == JobEventType.STATUS)
+            .order_by(JobEvent.seq)
+        ).scalars()
+    )
+
+
+def history(session: Session, job_id: str, *, after: int = 0, limit: int = 10_000) -> list[EpochMetric]:
+    return list(
+        session.execute(
+            select(EpochMetric)
+            .where(EpochMetric.job_id == job_id, EpochMetric.epoch > after)
+            .order_by(EpochMetric.epoch)
+            .limit(limit)
+        ).scalars()
+    )
+
+
+def count_active_jobs(session: Session, owner: str) -> int:
+    return int(
+        session.execute(
+            select(func.count())
+            .select_from(Job)
+            .where(Job.owner == owner, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
+        ).scalar_one()
+    )
+
+
+def cancel_queued(session: Session, job_id: str, now: datetime) -> bool:
+    """queued -> cancelled at once. False if the job was not queued (any more)."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+        .values(status=JobStatus.CANCELLED, cancel_requested_at=now, finished_at=now, lease_token=None)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def request_cancel(session: Session, job_id: str, now: datetime) -> bool:
+    """Mark a running job for cancellation; its worker stops it at the next batch boundary."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
+        .values(cancel_requested_at=func.coalesce(Job.cancel_requested_at, now))
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def find_idempotency(session: Session, owner: str, key: str, resource_type: str) -> IdempotencyKey | None:
+    return session.get(IdempotencyKey, (owner, key, resource_type))
+
+
+# --- jobs: worker side ------------------------------------------------------------------------------------------
+
+
+def claim_job(session: Session, *, worker_id: str, lease_seconds: float, now: datetime) -> tuple[str, str, int] | None:
+    """Atomically move the oldest runnable queued job to running under a fresh lease: (job_id, token, attempt)."""
+    token = new_id()
+    pick = (
+        select(Job.id)
+        .where(Job.status == JobStatus.QUEUED, Job.run_after <= now)
+        .order_by(Job.priority, Job.created_at, Job.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    row = session.execute(
+        update(Job)
+        .where(Job.id == pick, Job.status == JobStatus.QUEUED)
+        .values(
+            status=JobStatus.RUNNING,
+            attempt=Job.attempt + 1,
+            worker_id=worker_id,
+            lease_token=token,
+            heartbeat_at=now,
+            progress_at=now,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            started_at=func.coalesce(Job.started_at, now),
+        )
+        .returning(Job.id, Job.attempt)
+    ).one_or_none()
+    if row is None:
+        return None
+    add_event(
+        session,
+        row[0],
+        JobEventType.STATUS,
+        status=JobStatus.RUNNING,
+        data={"attempt": int(row[1]), "worker_id": worker_id},
+    )
+    return str(row[0]), token, int(row[1])
+
+
+def fence(
+    session: Session,
+    job_id: str,
+    token: str,
+    *,
+    now: datetime,
+    lease_seconds: float,
+    values: dict[str, Any] | None = None,
+) -> bool:
+    """Renew the lease and apply `values` iff this token still owns the running job. Every worker write starts here."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.lease_token == token, Job.status == JobStatus.RUNNING)
+        .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds), **(values or {}))
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def finish_job(
+    session: Session,
+    job_id: str,
+    token: str,
+    status: JobStatus,
+    *,
+    now: datetime,
+    values: dict[str, Any] | None = None,
+    reason: str | None = None,
+) -> bool:
+    """running -> a terminal status (or back to queued), fenced by the token."""
+    fields: dict[str, Any] = {"status": status, "lease_token": None, "lease_expires_at": None, **(values or {})}
+    if status in TERMINAL:
+        fields["finished_at"] = now
+    result = session.execute(
+        update(Job).where(Job.id == job_id, Job.lease_token == token, Job.status == JobStatus.RUNNING).values(**fields)
+    )
+    if not result.rowcount:  # type: ignore[attr-defined]
+        return False
+    add_event(session, job_id, JobEventType.STATUS, status=status, data={"reason": reason} if reason else {})
+    return True
+
+
+def cancel_requested(session: Session, job_id: str) -> bool:
+    return session.execute(select(Job.cancel_requested_at).where(Job.id == job_id)).scalar_one_or_none() is not None
+
+
+def add_epoch(session: Session, job_id: str, record: dict[str, Any]) -> None:
+    """Insert an epoch's record unless that epoch is already recorded (a resumed run never duplicates one)."""
+    epoch = int(record["epoch"])
+    exists = session.execute(
+        select(EpochMetric.epoch).where(EpochMetric.job_id == job_id, EpochMetric.epoch == epoch)
+    ).first()
+    if exists:
+        return
+    session.add(
+        EpochMetric(
+            job_id=job_id,
+            epoch=epoch,
+            loss=record["loss"],
+            val_loss=record.get("val_loss"),
+            metrics=record.get("metrics") or {},
+            seconds=record.get("seconds", 0.0),
+        )
+    )
+    session.flush()
+    add_event(session, job_id, JobEventType.EPOCH, data=record)
+
+
+def latest_checkpoints(session: Session, job_id: str) -> list[Checkpoint]:
+    return list(
+        session.execute(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.seq.desc())).scalars()
+    )
+
+
+def add_checkpoint(session: Session, ck: Checkpoint, *, keep: int = 2) -> list[str]:
+    """Publish a checkpoint row; drop all but the newest `keep`. Returns the blob ids no longer referenced."""
+    session.add(ck)
+    session.flush()
+    old = latest_checkpoints(session, ck.job_id)[keep:]
+    for row in old:
+        session.delete(row)
+    session.flush()
+    return [row.blob_id for row in old]
+
+
+def delete_checkpoints(session: Session, job_id: str) -> list[str]:
+    rows = latest_checkpoints(session, job_id)
+    session.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id))
+    return [row.blob_id for row in rows]
+
+
+def reap_expired(session: Session, *, now: datetime) -> list[tuple[str, JobStatus]]:
+    """Running jobs whose lease expired: cancelled if cancel was asked, failed (worker_lost) past max_attempts,
+    else back to the queue with backoff. Returns (job_id, new status)."""
+    rows = list(
+        session.execute(
+            select(Job)
+            .where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
+            .with_for_update(skip_locked=True)
+        ).scalars()
+    )
+    out = []
+    for job in rows:
+        if job.cancel_requested_at is not None:
+            new, values = JobStatus.CANCELLED, {"finished_at": now}
+        elif job.attempt >= job.max_attempts:
+            new, values = (
+                JobStatus.FAILED,
+                {
+                    "finished_at": now,
+                    "error_code": "worker_lost",
+                    "error": f"the worker running this job stopped responding {job.attempt} times "
+                    f"(max_attempts {job.max_attempts}); it was given up",
+                },
+            )
+        else:
+            new, values = JobStatus.QUEUED, {"run_after": now + timedelta(seconds=min(60, 2 ** (job.attempt - 1)))}
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status == JobStatus.RUNNING, Job.lease_token == job.lease_token)
+            .values(status=new, lease_token=None, lease_expires_at=None, rescue_count=Job.rescue_count + 1, **values)
+        )
+        if result.rowcount:  # type: ignore[attr-defined]
+            add_event(session, job.id, JobEventType.STATUS, status=new, data={"reason": "lease expired"})
+            out.append((job.id, new))
+    return out
+
+
+def requeue(
+    session: Session,
+    job_id: str,
+    token: str,
+    *,
+    now: datetime,
+    count_attempt: bool,
+    reason: str,
+    max_attempts_reached_error: str | None = None,
+) -> JobStatus | None:
+    """Give a running job back (graceful release: attempt not counted) or fail it past max_attempts."""
+    job = session.execute(
+        select(Job).where(Job.id == job_id, Job.lease_token == token, Job.status == JobStatus.RUNNING)
+    ).scalar_one_or_none()
+    if job is None:
+        return None
+    if job.cancel_requested_at is not None:
+        finish_job(session, job_id, token, JobStatus.CANCELLED, now=now, reason="cancel requested")
+        return JobStatus.CANCELLED
+    if count_attempt and job.attempt >= job.max_attempts:
+        finish_job(
+            session,
+            job_id,
+            token,
+            JobStatus.FAILED,
+            now=now,
+            reason=reason,
+            values={
+                "error_code": "worker_lost",
+                "error": max_attempts_reached_error
+                or f"the job's training process died {job.attempt} times (max_attempts {job.max_attempts}): {reason}",
+            },
+        )
+        return JobStatus.FAILED
+    values: dict[str, Any] = {"worker_id": None}
+    if count_attempt:
+        values["run_after"] = now + timedelta(seconds=min(60, 2 ** (job.attempt - 1)))
+        values["rescue_count"] = Job.rescue_count + 1
+    else:
+        values["attempt"] = Job.attempt - 1
+        values["run_after"] = now
+    finish_job(session, job_id, token, JobStatus.QUEUED, now=now, values=values, reason=reason)
+    return JobStatus.QUEUED
+
+
+def now_db(session: Session) -> datetime:
+    """The clock leases are measured by: the database's on PostgreSQL, this host's on SQLite (one machine)."""
+    if session.get_bind().dialect.name == "postgresql":
+        value = session.execute(select(func.now())).scalar_one()
+        return value if isinstance(value, datetime) else utcnow()
+    return utcnow()

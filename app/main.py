@@ -1,0 +1,58 @@
+"""create_app(settings) -> FastAPI: the one place the API is wired (settings, database, caches, routes)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from app.api import errors
+from app.api.deps import AppState
+from app.api.middleware import AccessLog, BodyLimit
+from app.api.routes import datasets, health, jobs, models, networks
+from app.config import Settings
+from app.db.session import Database
+from app.services.resources import Limits, ModelCache
+
+DESCRIPTION = """
+Train multilayer perceptrons over HTTP. Define a **network**, submit a **dataset** (JSON rows or a CSV upload),
+launch a training **job** that a background worker runs on our NumPy backpropagation engine, poll its progress and
+per-epoch history, then fetch the trained **model** and predict on new rows.
+
+Every `/v1` route needs `Authorization: Bearer <key>` (`backprop keys create NAME` makes one). Errors are
+`application/problem+json`: `type`, `title`, `status`, `detail`, and `field`/`errors` where the input is at fault.
+Lists take `limit` (max 100) and `after` (the last id of the previous page) and answer `{data, has_more}`.
+"""
+
+
+def limits_from(settings: Settings) -> Limits:
+    return Limits(
+        max_params=settings.max_params,
+        max_epochs=settings.max_epochs,
+        max_batch_size=settings.max_batch_size,
+        max_active_jobs=settings.max_active_jobs_per_owner,
+        max_stored_bytes=settings.max_stored_bytes_per_owner,
+        max_attempts=settings.max_attempts,
+    )
+
+
+def create_app(settings: Settings | None = None, *, db: Database | None = None) -> FastAPI:
+    settings = settings or Settings()
+    db = db or Database(str(settings.database_url))
+    app = FastAPI(
+        title="Backprop Service",
+        version="1.0.0",
+        description=DESCRIPTION,
+        openapi_tags=[
+            {"name": "networks"},
+            {"name": "datasets"},
+            {"name": "jobs"},
+            {"name": "models"},
+            {"name": "health"},
+        ],
+    )
+    app.state.backprop = AppState(settings=settings, db=db, models=ModelCache(), limits=limits_from(settings))
+    errors.install(app)
+    for module in (networks, datasets, jobs, models, health):
+        app.include_router(module.router)
+    app.add_middleware(BodyLimit, max_json_bytes=settings.max_json_bytes, max_upload_bytes=settings.max_upload_bytes)
+    app.add_middleware(AccessLog)
+    return app

@@ -1,0 +1,1 @@
+"""Workers: supervisors that claim jobs and run each in a spawned training child (loop.py, runner.py)."""

@@ -1,0 +1,220 @@
+"""The supervisor: claims jobs, runs each in a spawned training child, keeps its lease, relays cancel and shutdown.
+
+One supervisor trains one job at a time. While the child trains, the supervisor renews the lease every
+`heartbeat_seconds` (unless the child has finished no batch for `hung_seconds`: a hung child loses its lease),
+polls for a cancel request, and notices at once when the child dies, giving the job back to the queue (or failing
+it after `max_attempts`). Every `reaper_seconds` it also returns other workers' expired jobs to the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+from sqlalchemy import exists, select
+
+from app.config import Settings
+from app.db import repositories as repo
+from app.db.models import Job
+from app.db.session import Database, is_busy_error
+from app.domain import JobStatus
+from app.worker.runner import EXIT_LEASE_LOST, ChildArgs, child_main
+
+log = logging.getLogger("backprop.worker")
+
+CANCEL_POLL_SECONDS = 0.5
+CANCEL_KILL_SECONDS = 10.0
+
+
+def _pin_blas_threads() -> None:
+    """BLAS results vary with the thread count: training children run single-threaded (set before numpy loads)."""
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
+
+
+class Supervisor:
+    def __init__(
+        self, settings: Settings, db: Database, *, worker_id: str | None = None, hung_seconds: float = 900.0
+    ) -> None:
+        self.settings, self.db = settings, db
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{id(self) & 0xFFFF:04x}"
+        self.hung_seconds = hung_seconds
+        self.stopping = threading.Event()  # first signal: finish gracefully
+        self.abort = threading.Event()  # second signal: kill the child and leave
+        self._last_reap = 0.0
+        self._ctx = mp.get_context("spawn")
+
+    # --- loop -----------------------------------------------------------------------------------------------------
+
+    def run_forever(self) -> None:
+        log.info("worker %s started", self.worker_id)
+        while not self.stopping.is_set():
+            try:
+                self.reap_if_due()
+                if not self.run_once():
+                    self.stopping.wait(self.settings.poll_seconds)
+            except Exception as exc:
+                if is_busy_error(exc):
+                    log.warning("database busy; retrying")
+                else:
+                    log.exception("worker loop error; continuing")
+                self.stopping.wait(self.settings.poll_seconds)
+        log.info("worker %s stopped", self.worker_id)
+
+    def reap_if_due(self) -> None:
+        if time.monotonic() - self._last_reap < self.settings.reaper_seconds:
+            return
+        self._last_reap = time.monotonic()
+        with self.db.session() as s:
+            for job_id, status in repo.reap_expired(s, now=repo.now_db(s)):
+                log.warning("reaper: job %s had an expired lease -> %s", job_id, status)
+
+    def _queue_has_work(self) -> bool:
+        with self.db.read_session() as s:
+            now = repo.now_db(s)
+            return bool(
+                s.execute(select(exists().where(Job.status == JobStatus.QUEUED, Job.run_after <= now))).scalar()
+            )
+
+    def claim(self) -> tuple[str, str, int] | None:
+        if not self._queue_has_work():
+            return None
+        with self.db.session() as s:
+            return repo.claim_job(
+                s, worker_id=self.worker_id, lease_seconds=self.settings.lease_seconds, now=repo.now_db(s)
+            )
+
+    def run_once(self) -> bool:
+        """Claim one job and supervise it to the end. False if the queue had nothing runnable."""
+        claimed = self.claim()
+        if claimed is None:
+            return False
+        job_id, token, attempt = claimed
+        log.info("job %s: claimed (attempt %d)", job_id, attempt)
+        self.supervise(job_id, token, attempt)
+        return True
+
+    # --- one job --------------------------------------------------------------------------------------------------
+
+    def supervise(self, job_id: str, token: str, attempt: int) -> None:
+        s = self.settings
+        stop, release = self._ctx.Event(), self._ctx.Event()
+        progress = self._ctx.Value("d", time.time(), lock=False)
+        args = ChildArgs(
+            database_url=str(s.database_url),
+            job_id=job_id,
+            token=token,
+            attempt=attempt,
+            lease_seconds=s.lease_seconds,
+            checkpoint_seconds=s.checkpoint_seconds,
+            stop=stop,
+            release=release,
+            progress=progress,
+        )
+        _pin_blas_threads()
+        child = self._ctx.Process(target=child_main, args=(args,), name=f"train-{job_id[:8]}", daemon=True)
+        child.start()
+        last_beat = last_cancel_poll = time.monotonic()
+        cancel_at: float | None = None
+        release_at: float | None = None
+        lost = False
+        while True:
+            child.join(timeout=0.1)
+            if child.exitcode is not None:
+                break
+            now = time.monotonic()
+            if self.abort.is_set():
+                child.kill()
+                child.join()
+                log.warning("job %s: killed on a second signal; the reaper will recover it", job_id)
+                return
+            if self.stopping.is_set() and release_at is None:
+                release.set()
+                release_at = now
+            if now - last_beat >= s.heartbeat_seconds:
+                last_beat = now
+                if time.time() - progress.value > self.hung_seconds:
+                    log.error("job %s: no batch finished in %.0f s; killing the child", job_id, self.hung_seconds)
+                    child.kill()
+                    continue
+                try:
+                    with self.db.session() as sess:
+                        lost = not repo.fence(sess, job_id, token, now=repo.now_db(sess), lease_seconds=s.lease_seconds)
+                except Exception as exc:
+                    log.warning("job %s: heartbeat failed (%s)", job_id, exc)
+                if lost:
+                    log.warning("job %s: lease lost; killing the child", job_id)
+                    child.kill()
+                    child.join()
+                    return
+            if cancel_at is None and now - last_cancel_poll >= CANCEL_POLL_SECONDS:
+                last_cancel_poll = now
+                try:
+                    with self.db.read_session() as sess:
+                        if repo.cancel_requested(sess, job_id):
+                            cancel_at = now
+                            stop.set()
+                except Exception as exc:
+                    log.warning("job %s: cancel poll failed (%s)", job_id, exc)
+            if cancel_at is not None and now - cancel_at > CANCEL_KILL_SECONDS:
+                log.warning("job %s: child ignored the cancel for %.0f s; killing it", job_id, CANCEL_KILL_SECONDS)
+                child.kill()
+                child.join()
+                self._finish_cancelled(job_id, token)
+                return
+        code = child.exitcode
+        if code == 0 or code == EXIT_LEASE_LOST:
+            return
+        reason = f"the training process exited with code {code}"
+        log.warning("job %s: %s", job_id, reason)
+        if cancel_at is not None:
+            self._finish_cancelled(job_id, token)
+            return
+        with self.db.session() as sess:
+            repo.requeue(sess, job_id, token, now=repo.now_db(sess), count_attempt=True, reason=reason)
+
+    def _finish_cancelled(self, job_id: str, token: str) -> None:
+        with self.db.session() as sess:
+            repo.finish_job(
+                sess,
+                job_id,
+                token,
+                JobStatus.CANCELLED,
+                now=repo.now_db(sess),
+                reason="cancelled by the user (training process stopped)",
+            )
+
+
+def run_workers(settings: Settings, count: int) -> None:
+    """`backprop worker`: `count` supervisors in this process, one thread each; signals handled here."""
+    import signal
+
+    db = Database(str(settings.database_url))
+    sups = [Supervisor(settings, db) for _ in range(max(1, count))]
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if any(sup.stopping.is_set() for sup in sups):
+            log.warning("second signal: stopping now")
+            for sup in sups:
+                sup.abort.set()
+        else:
+            log.info("signal %d: finishing gracefully (checkpoint and release running jobs)", signum)
+            for sup in sups:
+                sup.stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    threads = [threading.Thread(target=sup.run_forever, name=f"supervisor-{i}") for i, sup in enumerate(sups)]
+    for t in threads:
+        t.start()
+    try:
+        while any(t.is_alive() for t in threads):
+            for t in threads:
+                t.join(timeout=0.2)
+    finally:
+        db.dispose()
