@@ -18,7 +18,10 @@ from sqlalchemy.engine import URL
 from app.db.session import make_engine
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-MIGRATIONS_DIR = REPO_ROOT / "migrations"
+# A checkout (or editable install) has migrations/ at its root; a plain install run from the project folder
+# finds it in the working directory.
+MIGRATIONS_DIR = next((d for d in (REPO_ROOT / "migrations", Path.cwd() / "migrations") if d.is_dir()),
+                      REPO_ROOT / "migrations")
 
 
 def alembic_config() -> Config:
