@@ -17,6 +17,7 @@ def _logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def cmd_migrate(settings: Settings, _: argparse.Namespace) -> int:

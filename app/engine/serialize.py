@@ -31,7 +31,7 @@ def unpack(data: bytes, *, expect_format: str) -> tuple[dict[str, Any], dict[str
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError, NotImplementedError, zipfile.BadZipFile, EOFError) as exc:
         raise CheckpointError(f"not a readable {expect_format} archive: {exc}") from exc
     raw = arrays.pop(META, None)
     if raw is None:

@@ -326,8 +326,8 @@ class TrainConfig:
         return cls(
             epochs=_int(d, "epochs", "", default=10, lo=1, hi=max_epochs),
             batch_size=_int(d, "batch_size", "", default=32, lo=1, hi=max_batch_size),
-            optimizer=OptimizerConfig.from_dict(d.get("optimizer") or {}),
-            schedule=ScheduleConfig.from_dict(d.get("schedule") or {}),
+            optimizer=OptimizerConfig.from_dict({} if d.get("optimizer") is None else d["optimizer"]),
+            schedule=ScheduleConfig.from_dict({} if d.get("schedule") is None else d["schedule"]),
             clip_norm=None if clip is None else _float(d, "clip_norm", "", lo=0.0, lo_open=True),
             validation_split=_float(d, "validation_split", "", default=0.0, lo=0.0, hi=1.0, hi_open=True),
             early_stopping=EarlyStoppingConfig.from_dict(d.get("early_stopping")),

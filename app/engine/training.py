@@ -216,8 +216,12 @@ class Trainer:
         self._stop = True
 
     def lr_now(self) -> float:
+        """The learning rate of the next optimizer step."""
+        return self.lr_at(self.step)
+
+    def lr_at(self, step: int) -> float:
         cfg = self.config
-        return learning_rate(cfg.schedule, cfg.optimizer.learning_rate, self.step, self.n_batches, cfg.epochs)
+        return learning_rate(cfg.schedule, cfg.optimizer.learning_rate, max(step, 0), self.n_batches, cfg.epochs)
 
     def fit(self, callback: EpochCallback | None = None, *, batch_callback: BatchCallback | None = None,
             batch_callback_every: int = 1) -> FitResult:
@@ -325,7 +329,7 @@ class Trainer:
             "loss": sums.loss / sums.seen,
             "val_loss": val_loss,
             "metrics": metrics,
-            "lr": self.lr_now(),
+            "lr": self.lr_at(self.step - 1),
             "seconds": sums.seconds + (time.perf_counter() - t0),
         }
         self.history.append(record)
