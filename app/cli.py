@@ -10,6 +10,8 @@ import subprocess
 import sys
 from typing import Any
 
+import uvicorn
+
 from app.config import Settings
 
 
@@ -82,13 +84,12 @@ def cmd_worker(settings: Settings, ns: argparse.Namespace) -> int:
     from app.worker.loop import run_workers
 
     _require_current(settings).dispose()
-    run_workers(settings, ns.workers if ns.workers is not None else max(1, settings.workers))
+    run_workers(settings, ns.workers if ns.workers is not None else max(1, settings.workers),
+                exit_with_parent=ns.exit_with_parent)
     return 0
 
 
 def cmd_serve(settings: Settings, ns: argparse.Namespace) -> int:
-    import uvicorn
-
     from app.db import repositories as repo
     from app.main import create_app
     from app.services import keys
@@ -110,22 +111,27 @@ def cmd_serve(settings: Settings, ns: argparse.Namespace) -> int:
     if n_workers > 0:
         # Its own session: a terminal's Ctrl-C reaches only us, and we relay exactly one signal.
         worker = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker", "--workers", str(n_workers)],
+            [sys.executable, "-m", "app.cli", "worker", "--workers", str(n_workers), "--exit-with-parent"],
             env=os.environ.copy(),
             start_new_session=True,
         )
-    try:
-        uvicorn.run(
-            create_app(settings, db=db),
-            host=host,
-            port=port,
-            log_level=settings.log_level,
-            access_log=False,
-            timeout_graceful_shutdown=10,
-        )
-    finally:
+    signals = 0
+
+    def relay(sig: int) -> None:
+        # First signal: the worker checkpoints and releases its jobs while the API drains. Second: both stop now.
+        nonlocal signals
+        signals += 1
         if worker is not None and worker.poll() is None:
             worker.send_signal(signal.SIGTERM)
+
+    server = _Server(uvicorn.Config(create_app(settings, db=db), host=host, port=port, log_level=settings.log_level,
+                                    access_log=False, timeout_graceful_shutdown=10), relay)
+    try:
+        server.run()
+    finally:
+        if worker is not None:
+            if signals == 0 and worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
             try:
                 worker.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -133,6 +139,20 @@ def cmd_serve(settings: Settings, ns: argparse.Namespace) -> int:
                 worker.wait()
         db.dispose()
     return 0
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, relaying each shutdown signal to the worker process; a second signal exits at once."""
+
+    def __init__(self, config: uvicorn.Config, relay: Any) -> None:
+        super().__init__(config)
+        self._relay = relay
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self._relay(sig)
+        if self.should_exit:
+            self.force_exit = True
+        self.should_exit = True   # (not re-raised after shutdown: we exit normally once the worker has)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="embedded worker count (default BACKPROP_WORKERS)")
     worker = sub.add_parser("worker", help="run workers that train queued jobs")
     worker.add_argument("--workers", type=int, help="concurrent jobs in this process (default BACKPROP_WORKERS)")
+    worker.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
     sub.add_parser("migrate", help="create or upgrade the database schema")
     keys = sub.add_parser("keys", help="manage API keys")
     ksub = keys.add_subparsers(dest="keys_cmd", required=True)

@@ -190,8 +190,11 @@ class Supervisor:
             )
 
 
-def run_workers(settings: Settings, count: int) -> None:
-    """`backprop worker`: `count` supervisors in this process, one thread each; signals handled here."""
+def run_workers(settings: Settings, count: int, *, exit_with_parent: bool = False) -> None:
+    """`backprop worker`: `count` supervisors in this process, one thread each; signals handled here.
+
+    With `exit_with_parent` (the workers `backprop serve` embeds) the loss of the parent process counts as a
+    first signal, so a killed `serve` never leaves workers behind."""
     import signal
 
     db = Database(str(settings.database_url))
@@ -212,9 +215,14 @@ def run_workers(settings: Settings, count: int) -> None:
     threads = [threading.Thread(target=sup.run_forever, name=f"supervisor-{i}") for i, sup in enumerate(sups)]
     for t in threads:
         t.start()
+    parent = os.getppid()
     try:
         while any(t.is_alive() for t in threads):
             for t in threads:
                 t.join(timeout=0.2)
+            if exit_with_parent and os.getppid() != parent and not sups[0].stopping.is_set():
+                log.warning("the serving process is gone; finishing gracefully")
+                for sup in sups:
+                    sup.stopping.set()
     finally:
         db.dispose()
