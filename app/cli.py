@@ -179,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     ns = build_parser().parse_args(argv)
+    if ns.cmd in ("serve", "worker"):
+        # Before NumPy loads: training children run BLAS on one thread (reproducible results), and the API's
+        # predicts would otherwise contend with them for the cores. An operator's explicit setting wins.
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, "1")
     settings = Settings()
     _logging(settings.log_level if settings.log_level != "trace" else "debug")
     handlers = {"serve": cmd_serve, "worker": cmd_worker, "migrate": cmd_migrate, "keys": cmd_keys}

@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(default=10.0, gt=0)
     reaper_seconds: float = Field(default=15.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
-    poll_seconds: float = Field(default=0.5, gt=0)  # idle worker's wait between claim attempts
+    poll_seconds: float = Field(default=0.1, gt=0)  # idle worker's wait between claim attempts
     checkpoint_seconds: float = Field(default=60.0, gt=0)
 
     # Limits (DESIGN.md §8): a static violation is a 422 naming the limit, a quota a 429.

@@ -5,6 +5,7 @@ AppError
 ├── Conflict          409  a state change from the wrong state, e.g. cancelling a finished job
 ├── InvalidRequest    422  input that cannot work; `field` names where, when there is one place to point at
 ├── PayloadTooLarge   413  a body or upload past its limit
+├── UnsupportedMedia  415  a body in a content type the route does not take
 ├── QuotaExceeded     429  too many active jobs or stored bytes; `retry_after` seconds
 ├── Unauthorized      401  a missing, malformed, revoked or unknown API key (one body for all four)
 └── Unavailable       503  the database is locked or unreachable; `retry_after` seconds
@@ -49,6 +50,10 @@ class InvalidRequest(AppError):
 
 class PayloadTooLarge(AppError):
     status, title, type = 413, "Content Too Large", "/problems/payload-too-large"
+
+
+class UnsupportedMedia(AppError):
+    status, title, type = 415, "Unsupported Media Type", "/problems/unsupported-media-type"
 
 
 class QuotaExceeded(AppError):

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.session import Database
+from app.errors import UnsupportedMedia
 from app.services import keys
 from app.services.resources import Limits, ModelCache
 
@@ -41,8 +42,9 @@ def read_session(st: StateDep) -> Iterator[Session]:
         yield session
 
 
-WriteSession = Annotated[Session, Depends(write_session)]
-ReadSession = Annotated[Session, Depends(read_session)]
+# scope="function": the transaction commits before the response is sent, so a 201/202 means it is durable.
+WriteSession = Annotated[Session, Depends(write_session, scope="function")]
+ReadSession = Annotated[Session, Depends(read_session, scope="function")]
 
 
 def owner(
@@ -52,8 +54,24 @@ def owner(
     unknown key (one body for all)."""
     with st.db.read_session() as session:
         key = keys.authenticate(session, authorization)
+    if keys.needs_touch(key):
+        with st.db.session() as session:
+            keys.touch(session, key)
     request.state.key_prefix = key.prefix
     return key.owner
 
 
 OwnerDep = Annotated[str, Depends(owner)]
+
+
+def require_json(request: Request) -> None:
+    """Routes with a JSON body answer 415 to any other declared content type (a missing one is read as JSON)."""
+    ctype = request.headers.get("content-type")
+    if ctype is None:
+        return
+    media = ctype.split(";")[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise UnsupportedMedia(f"unsupported content type {media!r}: this route takes application/json")
+
+
+JsonBody = Depends(require_json)

@@ -93,6 +93,12 @@ def _loc(loc: tuple[Any, ...] | list[Any]) -> str:
 def validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     seen, errors = set(), []
     for err in exc.errors():
+        if err.get("type") == "json_invalid":
+            pos = next((p for p in err.get("loc", ()) if isinstance(p, int)), None)
+            where = f" at character {pos}" if pos is not None else ""
+            ctx = (err.get("ctx") or {}).get("error")
+            errors.append({"field": None, "message": f"malformed JSON{where}" + (f": {ctx}" if ctx else "")})
+            return errors
         field = _loc(err.get("loc", ()))
         msg = str(err.get("msg", "invalid"))
         if (field, msg) in seen:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db.base import new_id, utcnow
@@ -253,26 +253,25 @@ def cancel_requested(session: Session, job_id: str) -> bool:
     return session.execute(select(Job.cancel_requested_at).where(Job.id == job_id)).scalar_one_or_none() is not None
 
 
-def add_epoch(session: Session, job_id: str, record: dict[str, Any]) -> None:
-    """Insert an epoch's record unless that epoch is already recorded (a resumed run never duplicates one)."""
-    epoch = int(record["epoch"])
-    exists = session.execute(
-        select(EpochMetric.epoch).where(EpochMetric.job_id == job_id, EpochMetric.epoch == epoch)
-    ).first()
-    if exists:
+def add_epochs(session: Session, job_id: str, records: Sequence[dict[str, Any]]) -> None:
+    """Insert epoch records (and their events) unless already recorded: a resumed run never duplicates one."""
+    if not records:
         return
-    session.add(
-        EpochMetric(
-            job_id=job_id,
-            epoch=epoch,
-            loss=record["loss"],
-            val_loss=record.get("val_loss"),
-            metrics=record.get("metrics") or {},
-            seconds=record.get("seconds", 0.0),
-        )
-    )
-    session.flush()
-    add_event(session, job_id, JobEventType.EPOCH, data=record)
+    epochs = [int(r["epoch"]) for r in records]
+    have = set(session.execute(select(EpochMetric.epoch).where(EpochMetric.job_id == job_id,
+                                                               EpochMetric.epoch.in_(epochs))).scalars())
+    new = [r for r in records if int(r["epoch"]) not in have]
+    if not new:
+        return
+    now = utcnow()
+    session.execute(insert(EpochMetric), [
+        {"job_id": job_id, "epoch": int(r["epoch"]), "loss": r["loss"], "val_loss": r.get("val_loss"),
+         "metrics": r.get("metrics") or {}, "seconds": r.get("seconds", 0.0), "created_at": now} for r in new])
+    seq = int(session.execute(select(func.coalesce(func.max(JobEvent.seq), 0))
+                              .where(JobEvent.job_id == job_id)).scalar_one())
+    session.execute(insert(JobEvent), [
+        {"job_id": job_id, "seq": seq + i + 1, "type": JobEventType.EPOCH, "status": None, "data": r,
+         "created_at": now} for i, r in enumerate(new)])
 
 
 def latest_checkpoints(session: Session, job_id: str) -> list[Checkpoint]:

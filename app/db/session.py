@@ -17,12 +17,12 @@ PostgreSQL (`postgresql+psycopg://`): `pool_pre_ping`, UTC session time zone and
 from __future__ import annotations
 
 import sqlite3
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-import psycopg
 from sqlalchemy import Connection, Engine, create_engine, event, exc, make_url
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session, sessionmaker
@@ -250,6 +250,9 @@ def _is_busy_one(error: BaseException) -> bool:
             return True
         message = str(orig).lower()
         return "database is locked" in message or "database table is locked" in message
+    psycopg = sys.modules.get("psycopg")   # imported only once a PostgreSQL engine exists: SQLite starts faster
+    if psycopg is None:
+        return False
     if isinstance(orig, psycopg.OperationalError):
         sqlstate = orig.sqlstate
         # No SQLSTATE: the server could not be reached at all. Class 08: the connection broke.

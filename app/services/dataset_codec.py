@@ -169,8 +169,17 @@ def _is_number(s: str) -> bool:
         return False
 
 
-def from_csv(
-    lines: Iterable[str],
+def from_csv(lines: Iterable[str], **kwargs: Any) -> ParsedDataset:
+    """Parse CSV text (see _from_csv); a malformed file (e.g. a cell over the size limit) is an InvalidRequest."""
+    reader = csv.reader(lines)
+    try:
+        return _from_csv(reader, **kwargs)
+    except csv.Error as exc:
+        raise InvalidRequest(f"line {reader.line_num} of the CSV file cannot be parsed: {exc}", field="file") from None
+
+
+def _from_csv(
+    reader: Iterator[list[str]],
     *,
     targets: list[str],
     header: bool | None = None,
@@ -179,7 +188,6 @@ def from_csv(
     max_features: int,
 ) -> ParsedDataset:
     """Parse CSV text. `targets` names target columns (header names, or 0-based indices); default: the last one."""
-    reader: Iterator[list[str]] = csv.reader(lines)
     first = next(reader, None)
     while first is not None and not any(cell.strip() for cell in first):
         first = next(reader, None)

@@ -9,7 +9,7 @@ import secrets
 import string
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.db import repositories as repo
@@ -57,11 +57,13 @@ def authenticate(session: Session, authorization: str | None) -> ApiKey:
     return row
 
 
+def needs_touch(key: ApiKey) -> bool:
+    """Use is recorded at most once a minute, so authentication stays a read almost always."""
+    return key.last_used_at is None or utcnow() - key.last_used_at > timedelta(minutes=1)
+
+
 def touch(session: Session, key: ApiKey) -> None:
-    """Record use at most once a minute, so authentication stays a read."""
-    now = utcnow()
-    if key.last_used_at is None or now - key.last_used_at > timedelta(minutes=1):
-        session.execute(ApiKey.__table__.update().where(ApiKey.id == key.id).values(last_used_at=now))
+    session.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=utcnow()))
 
 
 def list_keys(session: Session) -> list[ApiKey]:

@@ -307,6 +307,14 @@ def submit_job(
             f"early_stopping.monitor {config.early_stopping.monitor} needs validation_split > 0",
             field="early_stopping.monitor",
         )
+    es = config.early_stopping
+    if es is not None and es.monitor is not None:
+        base = es.monitor.removeprefix("val_")
+        if base != "loss" and (base == "accuracy") != spec.is_classifier:
+            kind = "classifier" if spec.is_classifier else "regressor"
+            metrics = "loss, accuracy" if spec.is_classifier else "loss, mae, rmse, r2"
+            raise InvalidRequest(f"early_stopping.monitor {es.monitor} is not a metric of this {kind} "
+                                 f"(it has {metrics}, and their val_ forms)", field="early_stopping.monitor")
     active = repo.count_active_jobs(session, owner)
     if active >= limits.max_active_jobs:
         raise QuotaExceeded(
@@ -490,7 +498,12 @@ def predict(row: Model, model: EngineModel, inputs: list[list[float]]) -> dict[s
     for i, r in enumerate(inputs):
         if len(r) != d:
             raise InvalidRequest(f"the model takes {d} features per row; row {i} has {len(r)}", field=f"inputs[{i}]")
-    out = model.predict(np.asarray(inputs, dtype=np.float64)).astype(np.float64)
+    with np.errstate(all="ignore"):
+        out = model.predict(np.asarray(inputs, dtype=np.float64)).astype(np.float64)
+    if not np.isfinite(out).all():
+        row = int(np.argwhere(~np.isfinite(out))[0][0])
+        raise InvalidRequest(f"inputs row {row} drives the model's outputs past the float range (NaN or Inf); "
+                             f"are its values on the scale of the training data?", field=f"inputs[{row}]")
     labels = None
     classes = row.classes
     if classes:

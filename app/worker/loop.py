@@ -23,7 +23,7 @@ from app.db import repositories as repo
 from app.db.models import Job
 from app.db.session import Database, is_busy_error
 from app.domain import JobStatus
-from app.worker.runner import EXIT_LEASE_LOST, ChildArgs, child_main
+from app.worker.runner import EXIT_LEASE_LOST, ChildArgs, warm_main
 
 log = logging.getLogger("backprop.worker")
 
@@ -37,6 +37,37 @@ def _pin_blas_threads() -> None:
         os.environ[var] = "1"
 
 
+class WarmChild:
+    """A training process spawned ahead of need, its imports done, waiting for one job's arguments."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.stop, self.release = ctx.Event(), ctx.Event()
+        self.progress = ctx.Value("d", time.time(), lock=False)
+        self.conn, child_conn = ctx.Pipe()
+        self.process = ctx.Process(target=warm_main, args=(child_conn, self.stop, self.release, self.progress),
+                                   name="train-warm", daemon=True)
+        self.process.start()
+        child_conn.close()
+
+    def start(self, args: ChildArgs) -> bool:
+        self.progress.value = time.time()
+        try:
+            self.conn.send(args)
+        except (OSError, ValueError):
+            return False
+        finally:
+            self.conn.close()
+        return True
+
+    def discard(self) -> None:
+        self.conn.close()
+        if self.process.is_alive():
+            self.process.join(timeout=1)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+
+
 class Supervisor:
     def __init__(
         self, settings: Settings, db: Database, *, worker_id: str | None = None, hung_seconds: float = 900.0
@@ -48,13 +79,33 @@ class Supervisor:
         self.abort = threading.Event()  # second signal: kill the child and leave
         self._last_reap = 0.0
         self._ctx = mp.get_context("spawn")
+        self._warm: WarmChild | None = None
+        _pin_blas_threads()
+
+    def warm_up(self) -> None:
+        """Have a training process ready, so a claimed job starts training without an interpreter's start-up."""
+        if self._warm is None or not self._warm.process.is_alive():
+            self._warm = WarmChild(self._ctx)
+
+    def close(self) -> None:
+        if self._warm is not None:
+            self._warm.discard()
+            self._warm = None
 
     # --- loop -----------------------------------------------------------------------------------------------------
 
     def run_forever(self) -> None:
         log.info("worker %s started", self.worker_id)
+        try:
+            self._loop()
+        finally:
+            self.close()
+        log.info("worker %s stopped", self.worker_id)
+
+    def _loop(self) -> None:
         while not self.stopping.is_set():
             try:
+                self.warm_up()
                 self.reap_if_due()
                 if not self.run_once():
                     self.stopping.wait(self.settings.poll_seconds)
@@ -64,7 +115,6 @@ class Supervisor:
                 else:
                     log.exception("worker loop error; continuing")
                 self.stopping.wait(self.settings.poll_seconds)
-        log.info("worker %s stopped", self.worker_id)
 
     def reap_if_due(self) -> None:
         if time.monotonic() - self._last_reap < self.settings.reaper_seconds:
@@ -103,22 +153,15 @@ class Supervisor:
 
     def supervise(self, job_id: str, token: str, attempt: int) -> None:
         s = self.settings
-        stop, release = self._ctx.Event(), self._ctx.Event()
-        progress = self._ctx.Value("d", time.time(), lock=False)
-        args = ChildArgs(
-            database_url=str(s.database_url),
-            job_id=job_id,
-            token=token,
-            attempt=attempt,
-            lease_seconds=s.lease_seconds,
-            checkpoint_seconds=s.checkpoint_seconds,
-            stop=stop,
-            release=release,
-            progress=progress,
-        )
-        _pin_blas_threads()
-        child = self._ctx.Process(target=child_main, args=(args,), name=f"train-{job_id[:8]}", daemon=True)
-        child.start()
+        args = ChildArgs(database_url=str(s.database_url), job_id=job_id, token=token, attempt=attempt,
+                         lease_seconds=s.lease_seconds, checkpoint_seconds=s.checkpoint_seconds)
+        warm, self._warm = self._warm, None
+        if warm is None or not warm.start(args):
+            if warm is not None:
+                warm.discard()
+            warm = WarmChild(self._ctx)
+            warm.start(args)
+        child, stop, release, progress = warm.process, warm.stop, warm.release, warm.progress
         last_beat = last_cancel_poll = time.monotonic()
         cancel_at: float | None = None
         release_at: float | None = None

@@ -4,7 +4,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Response
 
-from app.api.deps import OwnerDep, ReadSession, StateDep, WriteSession
+from app.api.deps import JsonBody, OwnerDep, ReadSession, StateDep, WriteSession
 from app.api.schemas import History, JobCreate, JobRead, Page
 from app.db import repositories as repo
 from app.db.models import Job
@@ -34,6 +34,7 @@ def check_idempotency_key(key: str | None) -> None:
 
 @router.post(
     "",
+    dependencies=[JsonBody],
     status_code=202,
     response_model=JobRead,
     summary="Launch a training job",

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 import numpy as np
 from fastapi import APIRouter, Query, Response
 
-from app.api.deps import OwnerDep, ReadSession, StateDep, WriteSession
+from app.api.deps import JsonBody, OwnerDep, ReadSession, StateDep, WriteSession
 from app.api.schemas import ModelRead, Page, PredictRequest, PredictResponse, Weights
 from app.db import repositories as repo
 from app.db.models import Model
@@ -80,7 +80,12 @@ def get_weights(
     return {"model_id": row.id, "layers": layers, "input_scaling": scaling}
 
 
-@router.post("/{model_id}/predict", response_model=PredictResponse, summary="Predict on raw feature rows")
+@router.post(
+    "/{model_id}/predict",
+    response_model=PredictResponse,
+    dependencies=[JsonBody],
+    summary="Predict on raw feature rows",
+)
 def predict(
     model_id: str, body: PredictRequest, owner: OwnerDep, session: ReadSession, st: StateDep
 ) -> dict[str, object]:

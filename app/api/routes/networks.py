@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from app.api.deps import OwnerDep, ReadSession, StateDep, WriteSession
+from app.api.deps import JsonBody, OwnerDep, ReadSession, StateDep, WriteSession
 from app.api.schemas import NetworkCreate, NetworkRead, Page
 from app.db import repositories as repo
 from app.db.models import Network
@@ -16,7 +16,13 @@ Limit = Annotated[int, Query(ge=1, le=100, description="Items per page (max 100)
 After = Annotated[str | None, Query(max_length=64, description="Id of the last item of the previous page.")]
 
 
-@router.post("", status_code=201, response_model=NetworkRead, summary="Define a network (an architecture)")
+@router.post(
+    "",
+    status_code=201,
+    response_model=NetworkRead,
+    dependencies=[JsonBody],
+    summary="Define a network (an architecture)",
+)
 def create_network(body: NetworkCreate, owner: OwnerDep, session: WriteSession, st: StateDep) -> dict[str, object]:
     row = svc.create_network(session, owner=owner, body=body.model_dump(exclude_none=True), limits=st.limits)
     return svc.network_view(row)
