@@ -87,6 +87,13 @@ def key_by_prefix(session: Session, prefix: str) -> ApiKey | None:
     return session.execute(select(ApiKey).where(ApiKey.prefix == prefix)).scalar_one_or_none()
 
 
+def lock_owner(session: Session, owner: str) -> None:
+    """Serialize an owner's quota checks across API processes: lock its key rows until the transaction ends.
+
+    (PostgreSQL row locks; SQLite's BEGIN IMMEDIATE already serializes every write transaction.)"""
+    session.execute(select(ApiKey.id).where(ApiKey.owner == owner).with_for_update()).all()
+
+
 def count_keys(session: Session, *, active_only: bool = True) -> int:
     q = select(func.count()).select_from(ApiKey)
     if active_only:

@@ -99,6 +99,7 @@ def stored_bytes(session: Session, owner: str) -> int:
 
 def create_dataset(session: Session, *, owner: str, parsed: ParsedDataset, name: str | None, limits: Limits) -> Dataset:
     data = parsed.to_bytes()
+    repo.lock_owner(session, owner)
     used = stored_bytes(session, owner)
     if used + len(data) > limits.max_stored_bytes:
         raise QuotaExceeded(
@@ -279,6 +280,10 @@ def submit_job(
             field="network_id",
         )
     _check_outputs(spec, dataset)
+    for name, value, limit in (("epochs", body.get("epochs"), limits.max_epochs),
+                               ("batch_size", body.get("batch_size"), limits.max_batch_size)):
+        if isinstance(value, int) and value > limit:
+            raise InvalidRequest(f"{name} is {value}; the limit (max_{name}) is {limit}", field=name)
     engine_cfg = {k: v for k, v in body.items() if k in ENGINE_FIELDS and v is not None}
     if engine_cfg.get("seed") is None:
         engine_cfg["seed"] = secrets.randbelow(2**31)
@@ -315,6 +320,7 @@ def submit_job(
             metrics = "loss, accuracy" if spec.is_classifier else "loss, mae, rmse, r2"
             raise InvalidRequest(f"early_stopping.monitor {es.monitor} is not a metric of this {kind} "
                                  f"(it has {metrics}, and their val_ forms)", field="early_stopping.monitor")
+    repo.lock_owner(session, owner)
     active = repo.count_active_jobs(session, owner)
     if active >= limits.max_active_jobs:
         raise QuotaExceeded(
