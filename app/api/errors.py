@@ -9,8 +9,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from app.db.session import is_busy_error
 from app.errors import AppError
@@ -135,9 +137,19 @@ def install(app: FastAPI) -> None:
         return problem(422, detail, type_="/problems/invalid-request", field=first["field"], errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else _TITLES.get(exc.status_code, "Error")
-        return problem(exc.status_code, detail, headers=dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 400 and detail == "There was an error parsing the body":
+            return problem(422, "malformed JSON: the request body is not valid UTF-8 JSON",
+                           type_="/problems/invalid-request", errors=[{"field": None, "message": "malformed JSON"}])
+        if exc.status_code == 405:
+            # Starlette names only the first route matching the path; list every method the path has.
+            allowed = sorted({m for route in app.routes if isinstance(route, Route | APIRoute)
+                              and route.path_regex.match(request.url.path) for m in (route.methods or ())})
+            headers["Allow"] = ", ".join(allowed)
+            detail = f"method {request.method} is not allowed here; allowed: {headers['Allow']}"
+        return problem(exc.status_code, detail, headers=headers)
 
     @app.exception_handler(DBAPIError)
     async def db_error(request: Request, exc: DBAPIError) -> JSONResponse:
