@@ -25,6 +25,7 @@ from app.db.models import (
     Model,
     Network,
 )
+from app.db.notify import notify_queue
 from app.domain import TERMINAL, JobEventType, JobStatus
 
 T = TypeVar("T", Network, Dataset, Job, Model)
@@ -338,6 +339,8 @@ def reap_expired(session: Session, *, now: datetime) -> list[tuple[str, JobStatu
         if result.rowcount:  # type: ignore[attr-defined]
             add_event(session, job.id, JobEventType.STATUS, status=new, data={"reason": "lease expired"})
             out.append((job.id, new))
+    if any(status == JobStatus.QUEUED for _, status in out):
+        notify_queue(session)
     return out
 
 
@@ -383,6 +386,7 @@ def requeue(
         values["attempt"] = Job.attempt - 1
         values["run_after"] = now
     finish_job(session, job_id, token, JobStatus.QUEUED, now=now, values=values, reason=reason)
+    notify_queue(session)
     return JobStatus.QUEUED
 
 

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from app.db import repositories as repo
 from app.db.base import utcnow
 from app.db.models import Dataset, EpochMetric, IdempotencyKey, Job, Model, Network
+from app.db.notify import notify_queue
 from app.domain import TERMINAL, DatasetKind, JobEventType, JobStatus
 from app.engine import Model as EngineModel
 from app.engine import NetworkSpec, SpecError, TrainConfig
@@ -344,6 +345,7 @@ def submit_job(
     session.add(job)
     session.flush()
     repo.add_event(session, job.id, JobEventType.STATUS, status=JobStatus.QUEUED)
+    notify_queue(session)
     if idempotency_key is not None:
         try:
             with session.begin_nested():

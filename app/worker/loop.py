@@ -21,6 +21,7 @@ from sqlalchemy import exists, select
 from app.config import Settings
 from app.db import repositories as repo
 from app.db.models import Job
+from app.db.notify import start_listener
 from app.db.session import Database, is_busy_error
 from app.domain import JobStatus
 from app.worker.runner import EXIT_LEASE_LOST, ChildArgs, warm_main
@@ -70,9 +71,18 @@ class WarmChild:
 
 class Supervisor:
     def __init__(
-        self, settings: Settings, db: Database, *, worker_id: str | None = None, hung_seconds: float = 900.0
+        self,
+        settings: Settings,
+        db: Database,
+        *,
+        worker_id: str | None = None,
+        hung_seconds: float = 900.0,
+        wake: threading.Event | None = None,
     ) -> None:
         self.settings, self.db = settings, db
+        # Set by a NOTIFY listener (PostgreSQL) or a signal: an idle supervisor looks at the queue at once.
+        self.wake = wake or threading.Event()
+        self.idle_wait = settings.poll_seconds
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{id(self) & 0xFFFF:04x}"
         self.hung_seconds = hung_seconds
         self.stopping = threading.Event()  # first signal: finish gracefully
@@ -108,7 +118,8 @@ class Supervisor:
                 self.warm_up()
                 self.reap_if_due()
                 if not self.run_once():
-                    self.stopping.wait(self.settings.poll_seconds)
+                    self.wake.wait(self.idle_wait)
+                    self.wake.clear()
             except Exception as exc:
                 if is_busy_error(exc):
                     log.warning("database busy; retrying")
@@ -241,7 +252,13 @@ def run_workers(settings: Settings, count: int, *, exit_with_parent: bool = Fals
     import signal
 
     db = Database(str(settings.database_url))
-    sups = [Supervisor(settings, db) for _ in range(max(1, count))]
+    wake = threading.Event()
+    sups = [Supervisor(settings, db, wake=wake) for _ in range(max(1, count))]
+    listener = start_listener(str(settings.database_url), wake)
+    if listener is not None:
+        # Notifications carry the wake-ups; the poll is only the fallback for a lost connection.
+        for sup in sups:
+            sup.idle_wait = max(settings.poll_seconds, 2.0)
 
     def on_signal(signum: int, _frame: Any) -> None:
         if any(sup.stopping.is_set() for sup in sups):
@@ -252,6 +269,7 @@ def run_workers(settings: Settings, count: int, *, exit_with_parent: bool = Fals
             log.info("signal %d: finishing gracefully (checkpoint and release running jobs)", signum)
             for sup in sups:
                 sup.stopping.set()
+        wake.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -267,5 +285,8 @@ def run_workers(settings: Settings, count: int, *, exit_with_parent: bool = Fals
                 log.warning("the serving process is gone; finishing gracefully")
                 for sup in sups:
                     sup.stopping.set()
+                wake.set()
     finally:
+        if listener is not None:
+            listener.stop()
         db.dispose()
