@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
@@ -14,6 +14,8 @@ from app.db.session import Database
 from app.errors import UnsupportedMedia
 from app.services import keys
 from app.services.resources import Limits, ModelCache
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -42,7 +44,14 @@ def read_session(st: StateDep) -> Iterator[Session]:
         yield session
 
 
-# scope="function": the transaction commits before the response is sent, so a 201/202 means it is durable.
+def committed(session: Session, value: T) -> T:
+    """Commit now, inside the route: the write lock is released before FastAPI validates and serializes the
+    response (which may wait for a worker thread), and a 2xx means the change is durable."""
+    session.commit()
+    return value
+
+
+# scope="function": the transaction ends before the response is sent, so a 201/202 means it is durable.
 WriteSession = Annotated[Session, Depends(write_session, scope="function")]
 ReadSession = Annotated[Session, Depends(read_session, scope="function")]
 

@@ -24,12 +24,13 @@ from app.db.models import Job
 from app.db.notify import start_listener
 from app.db.session import Database, is_busy_error
 from app.domain import JobStatus
-from app.worker.runner import EXIT_LEASE_LOST, ChildArgs, warm_main
+from app.worker.runner import EXIT_LEASE_LOST, RELEASE, STOP, ChildArgs, warm_main
 
 log = logging.getLogger("backprop.worker")
 
 CANCEL_POLL_SECONDS = 0.5
 CANCEL_KILL_SECONDS = 10.0
+RELEASE_GRACE_SECONDS = 15.0  # SIGTERM: a child that has not checkpointed and released by then is killed
 
 
 def _pin_blas_threads() -> None:
@@ -42,11 +43,12 @@ class WarmChild:
     """A training process spawned ahead of need, its imports done, waiting for one job's arguments."""
 
     def __init__(self, ctx: Any) -> None:
-        self.stop, self.release = ctx.Event(), ctx.Event()
+        self.control = ctx.RawValue("i", 0)
         self.progress = ctx.Value("d", time.time(), lock=False)
         self.conn, child_conn = ctx.Pipe()
-        self.process = ctx.Process(target=warm_main, args=(child_conn, self.stop, self.release, self.progress),
-                                   name="train-warm", daemon=True)
+        self.process = ctx.Process(
+            target=warm_main, args=(child_conn, self.control, self.progress), name="train-warm", daemon=True
+        )
         self.process.start()
         child_conn.close()
 
@@ -164,15 +166,21 @@ class Supervisor:
 
     def supervise(self, job_id: str, token: str, attempt: int) -> None:
         s = self.settings
-        args = ChildArgs(database_url=str(s.database_url), job_id=job_id, token=token, attempt=attempt,
-                         lease_seconds=s.lease_seconds, checkpoint_seconds=s.checkpoint_seconds)
+        args = ChildArgs(
+            database_url=str(s.database_url),
+            job_id=job_id,
+            token=token,
+            attempt=attempt,
+            lease_seconds=s.lease_seconds,
+            checkpoint_seconds=s.checkpoint_seconds,
+        )
         warm, self._warm = self._warm, None
         if warm is None or not warm.start(args):
             if warm is not None:
                 warm.discard()
             warm = WarmChild(self._ctx)
             warm.start(args)
-        child, stop, release, progress = warm.process, warm.stop, warm.release, warm.progress
+        child, control, progress = warm.process, warm.control, warm.progress
         last_beat = last_cancel_poll = time.monotonic()
         cancel_at: float | None = None
         release_at: float | None = None
@@ -188,8 +196,23 @@ class Supervisor:
                 log.warning("job %s: killed on a second signal; the reaper will recover it", job_id)
                 return
             if self.stopping.is_set() and release_at is None:
-                release.set()
+                control.value |= RELEASE
                 release_at = now
+            if release_at is not None and now - release_at > RELEASE_GRACE_SECONDS:
+                log.warning(
+                    "job %s: not released within %.0f s of the signal; killing the child (the reaper "
+                    "recovers the job once its lease expires)",
+                    job_id,
+                    RELEASE_GRACE_SECONDS,
+                )
+                child.kill()
+                child.join()
+                return
+            try:
+                if release_at is None:  # once shutting down, nothing but our own job's lease matters
+                    self.reap_if_due()  # other workers' dead jobs are recovered while this one trains, too
+            except Exception as exc:
+                log.warning("reaper failed (%s)", exc)
             if now - last_beat >= s.heartbeat_seconds:
                 last_beat = now
                 if time.time() - progress.value > self.hung_seconds:
@@ -206,13 +229,13 @@ class Supervisor:
                     child.kill()
                     child.join()
                     return
-            if cancel_at is None and now - last_cancel_poll >= CANCEL_POLL_SECONDS:
+            if cancel_at is None and release_at is None and now - last_cancel_poll >= CANCEL_POLL_SECONDS:
                 last_cancel_poll = now
                 try:
                     with self.db.read_session() as sess:
                         if repo.cancel_requested(sess, job_id):
                             cancel_at = now
-                            stop.set()
+                            control.value |= STOP
                 except Exception as exc:
                     log.warning("job %s: cancel poll failed (%s)", job_id, exc)
             if cancel_at is not None and now - cancel_at > CANCEL_KILL_SECONDS:

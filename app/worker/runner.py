@@ -3,8 +3,9 @@
 It builds its own database engine, loads the job, its network and dataset, resumes from the newest readable
 checkpoint, trains on the engine and publishes epoch records with a checkpoint, at most a few percent of the wall
 time apart, then the result. Every write is fenced by the lease token it was started with: once the supervisor's
-lease is gone, nothing the child writes lands. The supervisor talks to it through two events (`stop`: cancel;
-`release`: checkpoint and give the job back) and reads its liveness from a shared progress timestamp.
+lease is gone, nothing the child writes lands. The supervisor talks to it through a shared control word (bit
+`STOP`: cancel; bit `RELEASE`: checkpoint and give the job back) and reads its liveness from a shared progress
+timestamp. Both are lock-free shared memory: a child frozen at any instant can never block its supervisor.
 """
 
 from __future__ import annotations
@@ -47,13 +48,16 @@ class ChildArgs:
     attempt: int
     lease_seconds: float
     checkpoint_seconds: float
-    stop: Any = None  # multiprocessing Event: cancel requested
-    release: Any = None  # multiprocessing Event: graceful shutdown, give the job back
+    control: Any = None  # multiprocessing RawValue('i'): STOP | RELEASE bits, written by the supervisor only
     progress: Any = None  # multiprocessing Value('d'): time.time() of the last finished batch
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def warm_main(conn: Any, stop: Any, release: Any, progress: Any) -> None:
+STOP = 1
+RELEASE = 2
+
+
+def warm_main(conn: Any, control: Any, progress: Any) -> None:
     """Entry point of a pre-spawned child: imports are done while the supervisor waits for work; the job's
     arguments arrive through `conn`. A closed pipe (supervisor gone or shutting down) ends it quietly."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C and SIGTERM reach the supervisor, which decides
@@ -64,7 +68,7 @@ def warm_main(conn: Any, stop: Any, release: Any, progress: Any) -> None:
     except (EOFError, OSError):
         os._exit(EXIT_OK)
     conn.close()
-    args.stop, args.release, args.progress = stop, release, progress
+    args.control, args.progress = control, progress
     child_main(args)
 
 
@@ -138,7 +142,7 @@ class JobRun:
             result = self.trainer.fit(self._on_epoch, batch_callback=self._on_batches, batch_callback_every=8)
             if result.finished:
                 self._succeed()
-            elif self.args.release is not None and self.args.release.is_set() and not self._cancelling():
+            elif self._control() & RELEASE and not self._cancelling():
                 self._release()
             else:
                 self._cancel()
@@ -158,7 +162,10 @@ class JobRun:
             )
 
     def _cancelling(self) -> bool:
-        return self.args.stop is not None and self.args.stop.is_set()
+        return bool(self._control() & STOP)
+
+    def _control(self) -> int:
+        return int(self.args.control.value) if self.args.control is not None else 0
 
     def _load(self) -> None:
         a = self.args
@@ -196,16 +203,16 @@ class JobRun:
         self._stop_watcher()
 
     def _stop_watcher(self) -> None:
-        """Turn the supervisor's events into a stop at the next batch boundary (a flag the loop reads for free)."""
-        events = [e for e in (self.args.stop, self.args.release) if e is not None]
-        if not events:
+        """Turn the supervisor's control word into a stop at the next batch boundary (a flag the loop reads for
+        free); polled every 50 ms."""
+        if self.args.control is None:
             return
         trainer = self.trainer
         assert trainer is not None
 
         def watch() -> None:
-            while not any(e.wait(0.05) for e in events):
-                pass
+            while not self._control():
+                time.sleep(0.05)
             trainer.request_stop()
 
         threading.Thread(target=watch, daemon=True, name="stop-watcher").start()

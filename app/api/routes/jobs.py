@@ -4,7 +4,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Response
 
-from app.api.deps import JsonBody, OwnerDep, ReadSession, StateDep, WriteSession
+from app.api.deps import JsonBody, OwnerDep, ReadSession, StateDep, WriteSession, committed
 from app.api.schemas import History, JobCreate, JobRead, Page
 from app.db import repositories as repo
 from app.db.models import Job
@@ -56,7 +56,7 @@ def create_job(
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return svc.job_view(session, job)
+    return committed(session, svc.job_view(session, job))
 
 
 @router.get("", response_model=Page[JobRead], summary="List jobs, newest first")
@@ -103,4 +103,4 @@ def get_history(
     responses={409: {"description": "The job already finished."}},
 )
 def cancel_job(job_id: str, owner: OwnerDep, session: WriteSession) -> dict[str, object]:
-    return svc.job_view(session, svc.cancel_job(session, owner=owner, job_id=job_id))
+    return committed(session, svc.job_view(session, svc.cancel_job(session, owner=owner, job_id=job_id)))

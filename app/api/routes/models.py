@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 import numpy as np
 from fastapi import APIRouter, Query, Response
 
-from app.api.deps import JsonBody, OwnerDep, ReadSession, StateDep, WriteSession
+from app.api.deps import JsonBody, OwnerDep, ReadSession, StateDep, WriteSession, committed
 from app.api.schemas import ModelRead, Page, PredictRequest, PredictResponse, Weights
 from app.db import repositories as repo
 from app.db.models import Model
@@ -98,4 +98,4 @@ def delete_model(model_id: str, owner: OwnerDep, session: WriteSession, st: Stat
     if not repo.soft_delete(session, Model, owner, model_id):
         raise NotFound(f"no model with id {model_id!r}")
     st.models.drop(model_id)
-    return Response(status_code=204)
+    return committed(session, Response(status_code=204))

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from app.api.deps import JsonBody, OwnerDep, ReadSession, StateDep, WriteSession
+from app.api.deps import JsonBody, OwnerDep, ReadSession, StateDep, WriteSession, committed
 from app.api.schemas import NetworkCreate, NetworkRead, Page
 from app.db import repositories as repo
 from app.db.models import Network
@@ -25,7 +25,7 @@ After = Annotated[str | None, Query(max_length=64, description="Id of the last i
 )
 def create_network(body: NetworkCreate, owner: OwnerDep, session: WriteSession, st: StateDep) -> dict[str, object]:
     row = svc.create_network(session, owner=owner, body=body.model_dump(exclude_none=True), limits=st.limits)
-    return svc.network_view(row)
+    return committed(session, svc.network_view(row))
 
 
 @router.get("", response_model=Page[NetworkRead], summary="List networks, newest first")
@@ -43,4 +43,4 @@ def get_network(network_id: str, owner: OwnerDep, session: ReadSession) -> dict[
 def delete_network(network_id: str, owner: OwnerDep, session: WriteSession) -> Response:
     if not repo.soft_delete(session, Network, owner, network_id):
         raise NotFound(f"no network with id {network_id!r}")
-    return Response(status_code=204)
+    return committed(session, Response(status_code=204))
