@@ -48,12 +48,16 @@ class Linear(Activation):
 
 
 class ReLU(Activation):
-    """f(z) = max(z, 0);  f'(z) = [z > 0] = [a > 0]."""
+    """f(z) = max(z, 0);  f'(z) = [z > 0] = [a > 0].
+
+    np.maximum against a zeros array runs ~3x faster than against the scalar 0 (NumPy 2 has no SIMD loop for a
+    scalar operand of maximum), so forward reads a shared read-only zeros buffer of z's size.
+    """
 
     name = "relu"
 
     def forward(self, z: Array, out: Array, scratch: Array, mask: Mask) -> None:
-        np.maximum(z, 0, out=out)
+        np.maximum(z, zeros_like(z), out=out)
 
     def backward(self, grad: Array, z: Array, a: Array, scratch: Array, mask: Mask) -> None:
         np.greater(a, 0, out=mask)
@@ -181,6 +185,21 @@ class Softmax(Activation):
         row = scratch.sum(axis=1, keepdims=True)
         grad -= row
         grad *= a
+
+
+_ZEROS: dict[np.dtype[Any], Array] = {}
+
+
+def zeros_like(a: Array) -> Array:
+    """A read-only array of zeros with a's shape and dtype: a view of one shared flat buffer per dtype, which grows
+    as needed (np.zeros maps large buffers lazily to the zero page, so reading it costs no memory traffic)."""
+    buf = _ZEROS.get(a.dtype)
+    if buf is None or buf.size < a.size:
+        buf = np.zeros(max(a.size, 1 << 16), dtype=a.dtype)
+        buf.flags.writeable = False
+        _ZEROS[a.dtype] = buf
+    order = "F" if a.flags.f_contiguous and not a.flags.c_contiguous else "C"   # match a's layout: mixed is slow
+    return buf[: a.size].reshape(a.shape, order=order)
 
 
 def sigmoid(z: Array, out: Array) -> Array:

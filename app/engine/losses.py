@@ -104,11 +104,12 @@ class SoftmaxCrossEntropy(Loss):
     def value_and_grad(self, pred: Array, y: Array, grad: Array) -> float:
         z = pred
         n = z.shape[0]
-        z -= z.max(axis=1, keepdims=True)
+        # Ufunc reduce methods directly: the same reductions as z.max / .sum without their Python wrappers.
+        np.subtract(z, np.maximum.reduce(z, axis=1, keepdims=True), out=z)
         np.exp(z, out=grad)
-        s = grad.sum(axis=1, keepdims=True)
+        s = np.add.reduce(grad, axis=1, keepdims=True)
         grad /= s
-        total = float(np.log(s).sum()) - float(np.vdot(y, z))
+        total = float(np.add.reduce(np.log(s), axis=None)) - float(np.vdot(y, z))
         grad -= y
         grad *= 1.0 / n
         return total / n

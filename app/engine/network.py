@@ -9,13 +9,13 @@ Training runs on a `Workspace` of buffers preallocated per batch size, so a trai
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from .activations import Activation, get_activation, sigmoid, softmax
+from .activations import Activation, ReLU, get_activation, sigmoid, softmax, zeros_like
 from .initializers import initialize
 from .losses import Loss, get_loss
 from .spec import NetworkSpec
@@ -36,6 +36,8 @@ class Workspace:
     delta: list[Array]
     scratch: list[Array]
     bmask: list[NDArray[np.bool_]]
+    ones: Array | None = None  # n ones: bias gradients are ones @ delta, a GEMV (2-3x faster than delta.sum(axis=0))
+    zeros: list[Array | None] = field(default_factory=list)  # read-only zeros per ReLU layer (see activations.ReLU)
 
 
 class MLP:
@@ -66,6 +68,9 @@ class MLP:
             w_off += n_in * n_out
             b_off += n_out
         self.activations: list[Activation] = [get_activation(layer.activation) for layer in spec.layers]
+        # The hot loop runs ReLU inline (the same ufuncs as ReLU.forward/backward, without the calls around them).
+        self._relu = [type(act) is ReLU for act in self.activations]
+        self._weights_t = [w.T for w in self.weights]
         self.dropout = [layer.dropout for layer in spec.layers]
         self.loss: Loss = get_loss(spec.loss)
         self.fused = self.loss.fused
@@ -120,7 +125,11 @@ class MLP:
         last = len(self.activations) - 1
         for i, act in enumerate(self.activations):
             units = self.sizes[i + 1]
-            zi = np.empty((n, units), dtype=self.dtype)
+            # The output layer's buffers are column-major: (n, units) arrays whose memory is (units, n). Its loss
+            # reduces over each sample's few outputs, which is then a vectorized pass over rows instead of n short
+            # row reductions (3-5x faster for 10 classes), and its GEMMs are as fast (forward computes z.T).
+            order = "F" if i == last else "C"
+            zi = np.empty((n, units), dtype=self.dtype, order=order)
             ai = zi if (act.inplace or (i == last and self.fused)) else np.empty_like(zi)
             mi = np.empty_like(zi) if self.dropout[i] else None
             z.append(zi)
@@ -129,11 +138,14 @@ class MLP:
             out.append(np.empty_like(zi) if mi is not None else ai)
             delta.append(np.empty_like(zi))
             scratch.append(np.empty_like(zi))
-            bmask.append(np.empty((n, units), dtype=bool))
-        return Workspace(n=n, z=z, a=a, out=out, mask=mask, delta=delta, scratch=scratch, bmask=bmask)
+            bmask.append(np.empty((n, units), dtype=bool, order=order))
+        zeros = [zeros_like(zi) if relu else None for zi, relu in zip(z, self._relu, strict=True)]
+        return Workspace(n=n, z=z, a=a, out=out, mask=mask, delta=delta, scratch=scratch, bmask=bmask,
+                         ones=np.ones(n, dtype=self.dtype), zeros=zeros)
 
     def train_step(self, x: Array, y: Array, rng: np.random.Generator) -> tuple[float, Workspace]:
         """Forward (dropout on) and backward over one batch; fills `grads` (incl. L2) and returns the data loss."""
+        x = np.asarray(x, dtype=self.dtype)     # np.dot(out=) needs operands of the network's dtype
         ws = self.workspace(x.shape[0])
         self._forward_train(x, ws, rng)
         last = len(self.activations) - 1
@@ -151,39 +163,54 @@ class MLP:
     def _forward_train(self, x: Array, ws: Workspace, rng: np.random.Generator) -> None:
         inp = x
         last = len(self.activations) - 1
+        zeros = ws.zeros or [None] * (last + 1)
         for i, act in enumerate(self.activations):
             z = ws.z[i]
-            np.matmul(inp, self.weights[i], out=z)
+            if z.flags.c_contiguous:
+                np.dot(inp, self.weights[i], out=z)
+            else:                                   # the transposed output layer: z.T = W.T @ inp.T
+                np.dot(self._weights_t[i], inp.T, out=z.T)
             z += self.biases[i]
             if i == last and self.fused:
                 break
-            act.forward(z, ws.a[i], ws.scratch[i], ws.bmask[i])
+            a = ws.a[i]
+            zero = zeros[i]
+            if zero is not None:
+                np.maximum(z, zero, out=a)          # ReLU.forward
+            else:
+                act.forward(z, a, ws.scratch[i], ws.bmask[i])
             mask = ws.mask[i]
             if mask is not None:
                 p = self.dropout[i]
                 rng.random(out=mask, dtype=self.dtype.type)
                 np.greater_equal(mask, p, out=ws.bmask[i])
                 np.multiply(ws.bmask[i], 1.0 / (1.0 - p), out=mask)
-                np.multiply(ws.a[i], mask, out=ws.out[i])
+                np.multiply(a, mask, out=ws.out[i])
             inp = ws.out[i]
 
     def _backward(self, x: Array, ws: Workspace) -> None:
         last = len(self.activations) - 1
         delta = ws.delta[last]
+        ones = ws.ones if ws.ones is not None else np.ones(ws.n, dtype=self.dtype)
         if not self.fused:
             self.activations[last].backward(delta, ws.z[last], ws.a[last], ws.scratch[last], ws.bmask[last])
         for i in range(last, -1, -1):
             inp = x if i == 0 else ws.out[i - 1]
-            np.matmul(inp.T, delta, out=self.weight_grads[i])
-            np.sum(delta, axis=0, out=self.bias_grads[i])
+            np.dot(inp.T, delta, out=self.weight_grads[i])
+            np.dot(ones, delta, out=self.bias_grads[i])
             if i == 0:
                 break
             prev = ws.delta[i - 1]
-            np.matmul(delta, self.weights[i].T, out=prev)
+            np.dot(delta, self._weights_t[i], out=prev)
             mask = ws.mask[i - 1]
             if mask is not None:
                 prev *= mask
-            self.activations[i - 1].backward(prev, ws.z[i - 1], ws.a[i - 1], ws.scratch[i - 1], ws.bmask[i - 1])
+            if self._relu[i - 1]:                   # ReLU.backward
+                bmask = ws.bmask[i - 1]
+                np.greater(ws.a[i - 1], 0, out=bmask)
+                np.multiply(prev, bmask, out=prev)
+            else:
+                self.activations[i - 1].backward(prev, ws.z[i - 1], ws.a[i - 1], ws.scratch[i - 1], ws.bmask[i - 1])
             delta = prev
 
     # --- inference ------------------------------------------------------------------------------------------------

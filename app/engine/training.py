@@ -229,9 +229,9 @@ class Trainer:
 
         `callback(record)` runs after every epoch with that epoch's record; `batch_callback(epoch, batch)` after
         every `batch_callback_every` batches. Either may return False to stop at once; the trainer is then at a
-        clean boundary, so `checkpoint()` and a later `fit()` continue exactly where it stopped.
+        clean boundary, so `checkpoint()` and a later `fit()` continue exactly where it stopped. A
+        `request_stop()` made before `fit()` is honoured at its first batch boundary.
         """
-        self._stop = False
         every = max(1, int(batch_callback_every))
         with np.errstate(all="ignore"):
             while self.finished is None:
@@ -248,13 +248,17 @@ class Trainer:
         return self._result(self.finished or "completed")
 
     def _shuffled(self) -> tuple[Array, Array, NDArray[np.intp] | None]:
+        # Targets are kept column-major (the same values): the network's output layer is stored transposed (see
+        # MLP._make_workspace), and the loss reads a batch of y beside it, so both then share one memory order.
         if not self.config.shuffle:
-            return self.x, self.y, self.labels
+            if getattr(self, "_yf", None) is None:
+                self._yf = np.asfortranarray(self.y)
+            return self.x, self._yf, self.labels
         if self.perm is None:
             self.perm = self.rng.permutation(self.n)
         if self._data_epoch != self.epoch:
             if not hasattr(self, "_xs"):
-                self._xs, self._ys = np.empty_like(self.x), np.empty_like(self.y)
+                self._xs, self._ys = np.empty_like(self.x), np.empty_like(self.y, order="F")
             np.take(self.x, self.perm, axis=0, out=self._xs)
             np.take(self.y, self.perm, axis=0, out=self._ys)
             self._ls = None if self.labels is None else self.labels[self.perm]
@@ -270,6 +274,24 @@ class Trainer:
         clip = cfg.clip_norm
         clip2 = None if clip is None else clip * clip
         classifier, last = self.spec.is_classifier, len(self.spec.layers) - 1
+        sched = cfg.schedule
+        const_lr = cfg.optimizer.learning_rate if sched.name == "constant" and sched.warmup_epochs <= 0 else None
+        # Class predictions go to a buffer batch by batch (argmax with out=) and are compared with the labels in one
+        # pass at the next boundary where sums are read (end of the run, stop, batch callback, divergence).
+        pred = None
+        if classifier and labels is not None:
+            pred = getattr(self, "_pred", None)
+            if pred is None or pred.shape[0] != n:
+                pred = self._pred = np.empty(n, dtype=np.intp)
+        counted = self.batch * bs
+
+        def count_correct() -> None:
+            nonlocal counted
+            upto = min(self.batch * bs, n)
+            if pred is not None and labels is not None and upto > counted:
+                sums.correct += int(np.count_nonzero(pred[counted:upto] == labels[counted:upto]))
+            counted = upto
+
         t0 = time.perf_counter()
         while self.batch < self.n_batches:
             s = self.batch * bs
@@ -278,35 +300,39 @@ class Trainer:
             loss, ws = net.train_step(xs[s:e], yb, self.rng)
             gn2 = float(np.dot(grads, grads))
             if not (math.isfinite(loss) and math.isfinite(gn2)):
+                count_correct()
                 what = "the loss" if not math.isfinite(loss) else "the gradient"
                 raise DivergenceError(epoch=self.epoch + 1, batch=self.batch + 1, what=what,
                                       learning_rate=cfg.optimizer.learning_rate)
             if clip2 is not None and gn2 > clip2:
                 grads *= clip / math.sqrt(gn2)
-            opt.step(params, grads, self.lr_now())
+            opt.step(params, grads, self.lr_now() if const_lr is None else const_lr)
             self.step += 1
             self.batch += 1
             sums.loss += loss * (e - s)
             sums.seen += e - s
-            if classifier:
-                z = ws.z[last]
-                if labels is not None:
-                    sums.correct += int(np.count_nonzero(z.argmax(axis=1) == labels[s:e]))
-                else:
-                    sums.correct += int(np.count_nonzero((z > 0) == (yb > 0.5)))
+            if pred is not None:
+                np.argmax(ws.z[last], axis=1, out=pred[s:e])
+            elif classifier:
+                sums.correct += int(np.count_nonzero((ws.z[last] > 0) == (yb > 0.5)))
             else:
                 err = ws.a[last] - yb
                 sums.abs_err += float(np.abs(err).sum())
                 sq = (err * err).sum(axis=0, dtype=np.float64)
                 sums.sq_err = [a + float(b) for a, b in zip(sums.sq_err, sq, strict=True)]
             if self._stop:
+                self._stop = False   # consumed: a later fit() goes on
+                count_correct()
                 sums.seconds += time.perf_counter() - t0
                 return False
             if batch_callback is not None and self.batch % every == 0 and self.batch < self.n_batches:
+                count_correct()
                 sums.seconds += time.perf_counter() - t0
                 if batch_callback(self.epoch + 1, self.batch) is False or self._stop:
+                    self._stop = False
                     return False
                 t0 = time.perf_counter()
+        count_correct()
         sums.seconds += time.perf_counter() - t0
         return True
 
