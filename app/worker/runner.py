@@ -32,6 +32,7 @@ from app.storage import blobs
 
 log = logging.getLogger("backprop.worker")
 
+SMALL_BLOB = 4 << 20  # checkpoints up to one chunk are written in the publishing transaction itself
 EXIT_OK = 0
 EXIT_LEASE_LOST = 3
 
@@ -230,19 +231,23 @@ class JobRun:
         return True
 
     def _publish(self, *, force: bool) -> None:
-        """Checkpoint + pending epoch records in one fenced transaction, when due: writing stays <= ~2% of the time."""
+        """Checkpoint + pending epoch records in one fenced transaction, when due: writing stays <= ~1% of the time."""
         elapsed = time.monotonic() - self.last_publish
         first = not self.publish_cost
-        if not (force or first or elapsed >= max(0.2, 50 * self.publish_cost)):
+        if not (force or first or elapsed >= max(0.25, 100 * self.publish_cost)):
             return
         trainer = self.trainer
         assert trainer is not None
         t0 = time.monotonic()
         data = trainer.checkpoint()
-        with self.db.session() as s:  # chunks first, unreferenced, in their own transaction
-            ref = blobs.put_blob(s, data)
+        ref = None
+        if len(data) > SMALL_BLOB:
+            with self.db.session() as s:  # a large checkpoint's chunks first, unreferenced, in their own transaction
+                ref = blobs.put_blob(s, data)
         with self.db.session() as s:
             self.fenced(s, **self._progress_values())
+            if ref is None:  # small: one transaction (one fsync) for chunk and publish alike
+                ref = blobs.put_blob(s, data)
             repo.add_epochs(s, self.args.job_id, self.pending)
             seq = int(s.execute(_max_seq(self.args.job_id)).scalar_one()) + 1
             dropped = repo.add_checkpoint(
