@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, TypeVar
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Query, Request
 from sqlalchemy.orm import Session
 
 from app.config import Settings
@@ -16,6 +16,10 @@ from app.services import keys
 from app.services.resources import Limits, ModelCache
 
 T = TypeVar("T")
+
+# Every list is paginated the same way.
+Limit = Annotated[int, Query(ge=1, le=100, description="Items per page (max 100).")]
+After = Annotated[str | None, Query(max_length=64, description="Id of the last item of the previous page.")]
 
 
 @dataclass

@@ -44,6 +44,14 @@ class Limits:
     max_attempts: int = 3
 
 
+def _owned(session: Session, cls: type[repo.T], owner: str, id_: str, noun: str) -> repo.T:
+    """The owner's row, or the one 404 that a missing id and another owner's id share."""
+    row = repo.get_owned(session, cls, owner, id_)
+    if row is None:
+        raise NotFound(f"no {noun} with id {id_!r}")
+    return row
+
+
 # --- networks ---------------------------------------------------------------------------------------------------
 
 
@@ -76,10 +84,7 @@ def network_view(row: Network) -> dict[str, Any]:
 
 
 def get_network(session: Session, *, owner: str, network_id: str) -> Network:
-    row = repo.get_owned(session, Network, owner, network_id)
-    if row is None:
-        raise NotFound(f"no network with id {network_id!r}")
-    return row
+    return _owned(session, Network, owner, network_id, "network")
 
 
 # --- datasets ---------------------------------------------------------------------------------------------------
@@ -187,10 +192,7 @@ def dataset_view(row: Dataset) -> dict[str, Any]:
 
 
 def get_dataset(session: Session, *, owner: str, dataset_id: str) -> Dataset:
-    row = repo.get_owned(session, Dataset, owner, dataset_id)
-    if row is None:
-        raise NotFound(f"no dataset with id {dataset_id!r}")
-    return row
+    return _owned(session, Dataset, owner, dataset_id, "dataset")
 
 
 def load_dataset_arrays(session: Session, dataset: Dataset) -> tuple[NDArray[np.float64], NDArray[Any]]:
@@ -381,10 +383,7 @@ def _check_outputs(spec: NetworkSpec, dataset: Dataset) -> None:
 
 
 def get_job(session: Session, *, owner: str, job_id: str) -> Job:
-    row = repo.get_owned(session, Job, owner, job_id)
-    if row is None:
-        raise NotFound(f"no job with id {job_id!r}")
-    return row
+    return _owned(session, Job, owner, job_id, "job")
 
 
 def job_view(session: Session, job: Job) -> dict[str, Any]:
@@ -449,10 +448,7 @@ def epoch_view(row: EpochMetric) -> dict[str, Any]:
 
 
 def get_model(session: Session, *, owner: str, model_id: str) -> Model:
-    row = repo.get_owned(session, Model, owner, model_id)
-    if row is None:
-        raise NotFound(f"no model with id {model_id!r}")
-    return row
+    return _owned(session, Model, owner, model_id, "model")
 
 
 class ModelCache:

@@ -4,12 +4,12 @@ import io
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from app.api.deps import AppState, OwnerDep, ReadSession, StateDep
+from app.api.deps import After, AppState, Limit, OwnerDep, ReadSession, StateDep
 from app.api.routes.jobs import check_idempotency_key
 from app.api.schemas import DatasetCreate, DatasetRead, Page
 from app.db import repositories as repo
@@ -19,8 +19,6 @@ from app.services import dataset_codec as codec
 from app.services import resources as svc
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
-Limit = Annotated[int, Query(ge=1, le=100, description="Items per page (max 100).")]
-After = Annotated[str | None, Query(max_length=64, description="Id of the last item of the previous page.")]
 
 _MULTIPART_SCHEMA = {
     "type": "object",

@@ -4,7 +4,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Response
 
-from app.api.deps import JsonBody, OwnerDep, ReadSession, StateDep, WriteSession, committed
+from app.api.deps import After, JsonBody, Limit, OwnerDep, ReadSession, StateDep, WriteSession, committed
 from app.api.schemas import History, JobCreate, JobRead, Page
 from app.db import repositories as repo
 from app.db.models import Job
@@ -13,8 +13,6 @@ from app.errors import InvalidRequest
 from app.services import resources as svc
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-Limit = Annotated[int, Query(ge=1, le=100, description="Items per page (max 100).")]
-After = Annotated[str | None, Query(max_length=64, description="Id of the last item of the previous page.")]
 IdemKey = Annotated[
     str | None,
     Header(

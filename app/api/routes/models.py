@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 import numpy as np
 from fastapi import APIRouter, Query, Response
 
-from app.api.deps import JsonBody, OwnerDep, ReadSession, StateDep, WriteSession, committed
+from app.api.deps import After, JsonBody, Limit, OwnerDep, ReadSession, StateDep, WriteSession, committed
 from app.api.schemas import ModelRead, Page, PredictRequest, PredictResponse, Weights
 from app.db import repositories as repo
 from app.db.models import Model
@@ -14,8 +14,6 @@ from app.errors import NotFound
 from app.services import resources as svc
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
-Limit = Annotated[int, Query(ge=1, le=100, description="Items per page (max 100).")]
-After = Annotated[str | None, Query(max_length=64, description="Id of the last item of the previous page.")]
 
 
 @router.get("", response_model=Page[ModelRead], summary="List trained models, newest first")

@@ -1,10 +1,8 @@
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter, Response
 
-from fastapi import APIRouter, Query, Response
-
-from app.api.deps import JsonBody, OwnerDep, ReadSession, StateDep, WriteSession, committed
+from app.api.deps import After, JsonBody, Limit, OwnerDep, ReadSession, StateDep, WriteSession, committed
 from app.api.schemas import NetworkCreate, NetworkRead, Page
 from app.db import repositories as repo
 from app.db.models import Network
@@ -12,8 +10,6 @@ from app.errors import NotFound
 from app.services import resources as svc
 
 router = APIRouter(prefix="/v1/networks", tags=["networks"])
-Limit = Annotated[int, Query(ge=1, le=100, description="Items per page (max 100).")]
-After = Annotated[str | None, Query(max_length=64, description="Id of the last item of the previous page.")]
 
 
 @router.post(
