@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Header, Query, Request
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.db.session import Database
+from app.db.session import Database, is_busy_error
 from app.errors import UnsupportedMedia
 from app.services import keys
 from app.services.resources import Limits, ModelCache
@@ -68,8 +69,12 @@ def owner(
     with st.db.read_session() as session:
         key = keys.authenticate(session, authorization)
     if keys.needs_touch(key):
-        with st.db.session() as session:
-            keys.touch(session, key)
+        try:
+            with st.db.session() as session:
+                keys.touch(session, key)
+        except DBAPIError as exc:   # best effort: a busy database must not fail a read over a usage stamp
+            if not is_busy_error(exc):
+                raise
     request.state.key_prefix = key.prefix
     return key.owner
 

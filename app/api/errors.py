@@ -4,16 +4,16 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Route
 
+from app.api.middleware import BodyTooLarge
 from app.db.session import is_busy_error
 from app.errors import AppError
 
@@ -110,6 +110,21 @@ def validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     return errors[:50]
 
 
+def _allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """Every method served at `path`, from the OpenAPI paths (stable across FastAPI's internal route types)."""
+    table = getattr(app.state, "method_table", None)
+    if table is None:
+        table = []
+        for template, item in app.openapi().get("paths", {}).items():
+            pattern = re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$")
+            methods = {m.upper() for m in item}
+            if "GET" in methods:
+                methods.add("HEAD")
+            table.append((pattern, methods))
+        app.state.method_table = table
+    return sorted({m for pattern, methods in table if pattern.match(path) for m in methods})
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def app_error(_: Request, exc: AppError) -> JSONResponse:
@@ -140,14 +155,16 @@ def install(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else _TITLES.get(exc.status_code, "Error")
         headers = dict(exc.headers or {})
+        if exc.status_code == 400 and isinstance(exc.__cause__ or exc.__context__, BodyTooLarge):
+            # A streamed body past its limit, noticed while FastAPI was reading it.
+            return problem(413, "the request body is too large (limit max_json_bytes)",
+                           type_="/problems/payload-too-large")
         if exc.status_code == 400 and detail == "There was an error parsing the body":
             return problem(422, "malformed JSON: the request body is not valid UTF-8 JSON",
                            type_="/problems/invalid-request", errors=[{"field": None, "message": "malformed JSON"}])
         if exc.status_code == 405:
             # Starlette names only the first route matching the path; list every method the path has.
-            allowed = sorted({m for route in app.routes if isinstance(route, Route | APIRoute)
-                              and route.path_regex.match(request.url.path) for m in (route.methods or ())})
-            headers["Allow"] = ", ".join(allowed)
+            headers["Allow"] = ", ".join(_allowed_methods(app, request.url.path))
             detail = f"method {request.method} is not allowed here; allowed: {headers['Allow']}"
         return problem(exc.status_code, detail, headers=headers)
 
