@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any
 
-from sqlalchemy import exists, select
+from sqlalchemy import exists, func, select
 
 from app.config import Settings
 from app.db import repositories as repo
@@ -120,7 +120,7 @@ class Supervisor:
                 self.warm_up()
                 self.reap_if_due()
                 if not self.run_once():
-                    self.wake.wait(self.idle_wait)
+                    self.wake.wait(self._idle_timeout())
                     self.wake.clear()
             except Exception as exc:
                 if is_busy_error(exc):
@@ -143,6 +143,15 @@ class Supervisor:
             return bool(
                 s.execute(select(exists().where(Job.status == JobStatus.QUEUED, Job.run_after <= now))).scalar()
             )
+
+    def _idle_timeout(self) -> float:
+        """The idle wait, cut short when a backed-off job becomes runnable sooner (no notification marks that)."""
+        with self.db.read_session() as s:
+            due = s.execute(select(func.min(Job.run_after)).where(Job.status == JobStatus.QUEUED)).scalar()
+            now = repo.now_db(s)
+        if due is None:
+            return self.idle_wait
+        return min(self.idle_wait, max(0.01, (due - now).total_seconds()))
 
     def claim(self) -> tuple[str, str, int] | None:
         if not self._queue_has_work():

@@ -1,8 +1,10 @@
-"""API fixtures: the app in process behind httpx's ASGITransport, on a fresh migrated SQLite file per test.
+"""API fixtures: the app in process behind httpx's ASGITransport, on a fresh migrated database per test.
 
-Migrating takes a while, so the schema (and two owners' API keys) is built once per session into a template file
-that each test copies. `trained_template` goes further: it holds a succeeded job and its model, trained once per
-session by a real `Supervisor.run_once()`, for the tests that need a model or a finished job.
+Every test runs on each backend (tests/backends.py): [sqlite] always, [postgresql] when BACKPROP_TEST_DATABASE_URL is
+set (skipped, saying why, otherwise). Migrating takes a while, so the schema (and two owners' API keys) is built once
+per session and backend into a template (a SQLite file, or a PostgreSQL template database) that each test copies.
+`trained_template` goes further: it holds a succeeded job and its model, trained once per session by a real
+`Supervisor.run_once()`, for the tests that need a model or a finished job.
 """
 
 from __future__ import annotations
@@ -28,6 +30,16 @@ from app.db.session import Database
 from app.main import create_app
 from app.services import keys
 from app.worker.loop import Supervisor
+from tests.backends import (
+    BACKENDS,
+    POSTGRESQL,
+    clone,
+    create_pg_database,
+    drop_pg_database,
+    drop_template,
+    release,
+    require_backend,
+)
 
 OWNER, OTHER = "alice", "bob"
 PROBLEM = "application/problem+json"
@@ -40,11 +52,14 @@ CENTERS = ((0.0, 0.0), (6.0, 0.0), (0.0, 6.0))
 
 @dataclass(frozen=True)
 class Template:
-    """A migrated database file and what it already holds."""
+    """A migrated database and what it already holds: a SQLite file (`path`), or a PostgreSQL template database
+    (`pg_name`, with `url` to reach it)."""
 
-    path: Path
+    path: Path | None
     keys: dict[str, str]
     ids: dict[str, str] = field(default_factory=dict)
+    pg_name: str | None = None
+    url: str = ""
 
 
 def sqlite_url(path: Path) -> str:
@@ -153,31 +168,55 @@ def client_for(app: FastAPI, key: str | None) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=transport, base_url="http://test", headers=headers)
 
 
-# --- templates (once per session) ----------------------------------------------------------------------------------
+# --- templates (once per session and backend) ----------------------------------------------------------------------
 
 
-def build_empty_template(directory: Path) -> Template:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / DB_NAME
-    upgrade(sqlite_url(path))
-    db = Database(sqlite_url(path))
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """'sqlite' or 'postgresql': every test that reaches a database runs once on each."""
+    return require_backend(request.param)
+
+
+def build_empty_template(directory: Path, backend: str = "sqlite") -> Template:
+    """A migrated database holding one API key for each of OWNER and OTHER."""
+    if backend == POSTGRESQL:
+        name, url = create_pg_database("api_template")
+        path = None
+    else:
+        directory.mkdir(parents=True, exist_ok=True)
+        name, path = None, directory / DB_NAME
+        url = sqlite_url(path)
     try:
-        owner_keys = {OWNER: make_key(db, OWNER), OTHER: make_key(db, OTHER)}
-    finally:
-        db.dispose()
-    return Template(path=path, keys=owner_keys)
+        upgrade(url)
+        db = Database(url)
+        try:
+            owner_keys = {OWNER: make_key(db, OWNER), OTHER: make_key(db, OTHER)}
+        finally:
+            db.dispose()
+    except BaseException:
+        if name is not None:
+            drop_pg_database(name)
+        raise
+    return Template(path=path, keys=owner_keys, pg_name=name, url=url)
+
+
+def _drop_template(template: Template) -> None:
+    if template.pg_name is not None:
+        drop_template(template.pg_name)
 
 
 @pytest.fixture(scope="session")
-def empty_template(tmp_path_factory: pytest.TempPathFactory) -> Template:
-    return build_empty_template(tmp_path_factory.mktemp("empty-template"))
+def empty_template(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Template]:
+    template = build_empty_template(tmp_path_factory.mktemp("empty-template"), backend)
+    yield template
+    _drop_template(template)
 
 
 @pytest.fixture(scope="session")
-def trained_template(tmp_path_factory: pytest.TempPathFactory) -> Template:
+def trained_template(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Template]:
     """Alice's network, CSV dataset (string labels), a job that succeeded, and its model."""
-    base = build_empty_template(tmp_path_factory.mktemp("trained-template"))
-    settings = small_settings(sqlite_url(base.path))
+    base = build_empty_template(tmp_path_factory.mktemp("trained-template"), backend)
+    settings = small_settings(base.url)
     db = Database(settings.database_url)
     ids: dict[str, str] = {}
 
@@ -209,9 +248,13 @@ def trained_template(tmp_path_factory: pytest.TempPathFactory) -> Template:
 
     try:
         anyio.run(build)
+    except BaseException:
+        _drop_template(base)
+        raise
     finally:
         db.dispose()
-    return Template(path=base.path, keys=base.keys, ids=ids)
+    yield Template(path=base.path, keys=base.keys, ids=ids, pg_name=base.pg_name, url=base.url)
+    _drop_template(base)
 
 
 # --- per test ------------------------------------------------------------------------------------------------------
@@ -229,13 +272,35 @@ def template(empty_template: Template) -> Template:
 
 
 @pytest.fixture
-def db_path(tmp_path: Path, template: Template) -> Path:
-    return copy_db(template.path, tmp_path / "var")
+def db_url(tmp_path: Path, template: Template) -> Iterator[str]:
+    """This test's own copy of the template: a file in tmp_path, or a PostgreSQL database dropped afterwards."""
+    if template.pg_name is None:
+        assert template.path is not None
+        yield sqlite_url(copy_db(template.path, tmp_path / "var"))
+        return
+    name, url = clone(template.pg_name, "api")
+    try:
+        yield url
+    finally:
+        release(template.pg_name, name)
 
 
 @pytest.fixture
-def settings(db_path: Path) -> Settings:
-    return small_settings(sqlite_url(db_path))
+def empty_db_url(tmp_path: Path, backend: str) -> Iterator[str]:
+    """A database on this test's backend that was never migrated."""
+    if backend != POSTGRESQL:
+        yield sqlite_url(tmp_path / "empty.db")
+        return
+    name, url = create_pg_database("api_empty")
+    try:
+        yield url
+    finally:
+        drop_pg_database(name)
+
+
+@pytest.fixture
+def settings(db_url: str) -> Settings:
+    return small_settings(db_url)
 
 
 @pytest.fixture

@@ -1,11 +1,9 @@
-from pathlib import Path
-
 import httpx
 import pytest
 
 from app.db.session import Database
 from app.main import create_app
-from tests.api.conftest import client_for, small_settings, sqlite_url
+from tests.api.conftest import client_for, small_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -45,8 +43,8 @@ async def test_readyz_is_ok_on_a_migrated_database(anon: httpx.AsyncClient):
     assert r.json()["status"] == "ok"
 
 
-async def test_readyz_is_unavailable_on_an_unmigrated_database(tmp_path: Path):
-    settings = small_settings(sqlite_url(tmp_path / "empty.db"))
+async def test_readyz_is_unavailable_on_an_unmigrated_database(empty_db_url: str):
+    settings = small_settings(empty_db_url)
     db = Database(settings.database_url)
     try:
         async with client_for(create_app(settings, db=db), None) as c:

@@ -1,4 +1,8 @@
-"""Durability fixtures: real `backprop worker` processes on a migrated SQLite file, killed at seeded, logged times.
+"""Durability fixtures: real `backprop worker` processes on a migrated database, killed at seeded, logged times.
+
+Every test runs on each backend (tests/backends.py): [sqlite], a file copied from a template file, and [postgresql]
+(when BACKPROP_TEST_DATABASE_URL is set, else skipped saying why), a clone of a template database. The reference run
+is always the SQLite one, so the PostgreSQL variants also check that both backends train bit for bit alike.
 
 Every worker is `python -m app.cli worker --workers 1` in its own session (so its process group can be stopped
 and continued as a whole) with its output in a log file the tests read. Jobs are queued through the services the
@@ -6,8 +10,9 @@ API uses. The reference result (per-epoch metrics, final weights) comes from the
 by a worker process, once per session: the training child runs BLAS on one thread, the test process may not.
 
 The database carries one piece of test instrumentation: a trigger that copies every committed `checkpoint` insert
-(job, seq, epoch, attempt, time) into `test_audit_checkpoint`. The checkpoint table itself keeps only the newest
-two rows and is emptied when a job ends, so the audit is what tells which attempt wrote what, and when.
+(job, seq, epoch, attempt, time) into `test_audit_checkpoint` (AUDIT_SQL on SQLite, AUDIT_SQL_PG on PostgreSQL).
+The checkpoint table itself keeps only the newest two rows and is emptied when a job ends, so the audit is what
+tells which attempt wrote what, and when.
 
 Seeds come from DURABILITY_SEED (default below); each test logs its seed and every kill time, and the figures it
 measures are printed in a "durability figures" section at the end of the run.
@@ -43,6 +48,7 @@ from app.engine import Model as EngineModel
 from app.services import resources as svc
 from app.services.dataset_codec import ParsedDataset
 from app.storage import blobs
+from tests.backends import BACKENDS, POSTGRESQL, clone, create_pg_database, drop_template, release, require_backend
 
 log = logging.getLogger("durability")
 
@@ -72,6 +78,25 @@ CREATE TRIGGER test_audit_checkpoint_insert AFTER INSERT ON checkpoint BEGIN
     INSERT INTO test_audit_checkpoint (job_id, seq, epoch, batch, attempt)
     VALUES (NEW.job_id, NEW.seq, NEW.epoch, NEW.batch, NEW.attempt);
 END;
+"""
+
+# The same on PostgreSQL: `at` is the insert's wall-clock time (clock_timestamp, not the transaction's start).
+AUDIT_SQL_PG = """
+CREATE TABLE test_audit_checkpoint (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job_id TEXT NOT NULL, seq INTEGER NOT NULL, epoch INTEGER NOT NULL, batch INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    at DOUBLE PRECISION NOT NULL DEFAULT extract(epoch FROM clock_timestamp())::double precision
+);
+CREATE FUNCTION test_audit_checkpoint_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO test_audit_checkpoint (job_id, seq, epoch, batch, attempt)
+    VALUES (NEW.job_id, NEW.seq, NEW.epoch, NEW.batch, NEW.attempt);
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER test_audit_checkpoint_insert AFTER INSERT ON checkpoint
+    FOR EACH ROW EXECUTE FUNCTION test_audit_checkpoint_insert();
 """
 
 # --- the figures each test measures, printed at the end of the run ---------------------------------------------------
@@ -327,21 +352,30 @@ def copy_db(src: Path, dst: Path) -> Path:
     return dst
 
 
-@pytest.fixture(scope="session")
-def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A database migrated by `backprop migrate` (as operators do it), plus the checkpoint audit trigger."""
-    directory = tmp_path_factory.mktemp("durability-template")
-    path = directory / "d.db"
-    env = worker_env(f"sqlite:///{path}", directory / "var")
+def migrate(url: str, directory: Path) -> None:
+    """`backprop migrate`, as operators run it."""
     result = subprocess.run(
         [sys.executable, "-m", "app.cli", "migrate"],
         cwd=REPO_ROOT,
-        env=env,
+        env=worker_env(url, directory / "var"),
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return require_backend(request.param)
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated by `backprop migrate`, plus the checkpoint audit trigger."""
+    directory = tmp_path_factory.mktemp("durability-template")
+    path = directory / "d.db"
+    migrate(f"sqlite:///{path}", directory)
     conn = sqlite3.connect(path)
     try:
         conn.executescript(AUDIT_SQL)
@@ -351,20 +385,53 @@ def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def template_db(
+    backend: str, sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Path | str]:
+    """This backend's template: the SQLite file's path, or the name of a PostgreSQL template database (migrated by
+    `backprop migrate`, plus the audit trigger)."""
+    if backend != POSTGRESQL:
+        yield sqlite_template
+        return
+    name, url = create_pg_database("durability_template")
+    try:
+        migrate(url, tmp_path_factory.mktemp("durability-pg-template"))
+        db = Database(url)
+        try:
+            with db.write_engine.begin() as conn:
+                conn.exec_driver_sql(AUDIT_SQL_PG)
+        finally:
+            db.dispose()
+        yield name
+    finally:
+        drop_template(name)
+
+
 @dataclass
 class Env:
-    """One test's database file, a Database on it for the test process, and its workers."""
+    """One test's database (`path` is its SQLite file, None on PostgreSQL), a Database on it for the test process,
+    and its workers."""
 
-    path: Path
+    path: Path | None
     url: str
     db: Database
     cluster: Cluster
 
+    @property
+    def backend(self) -> str:
+        return self.db.dialect
+
 
 @pytest.fixture
-def env(tmp_path: Path, template_db: Path) -> Iterator[Env]:
-    path = copy_db(template_db, tmp_path / "d.db")
-    url = f"sqlite:///{path}"
+def env(tmp_path: Path, template_db: Path | str) -> Iterator[Env]:
+    pg_name: str | None = None
+    path: Path | None = None
+    if isinstance(template_db, str):
+        pg_name, url = clone(template_db, "durability")
+    else:
+        path = copy_db(template_db, tmp_path / "d.db")
+        url = f"sqlite:///{path}"
     db = Database(url)
     cluster = Cluster(env=worker_env(url, tmp_path / "var"), directory=tmp_path)
     try:
@@ -372,6 +439,9 @@ def env(tmp_path: Path, template_db: Path) -> Iterator[Env]:
     finally:
         cluster.stop_all()
         db.dispose()
+        if pg_name is not None:
+            assert isinstance(template_db, str)
+            release(template_db, pg_name)
 
 
 # --- jobs ----------------------------------------------------------------------------------------------------------
@@ -515,6 +585,44 @@ def write_lock_free(path: Path) -> bool:
         conn.close()
 
 
+def tcp_ports(pids: list[int]) -> set[int]:
+    """The local TCP ports of the sockets these processes hold (Linux /proc): a client's ports are the `client_port`
+    of its PostgreSQL backends."""
+    inodes: set[str] = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1])
+    ports: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[9] in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def pg_transaction_open(db: Database, pids: list[int]) -> bool:
+    """Whether any PostgreSQL backend serving these processes is inside a transaction or a statement (and so may
+    hold row locks) right now."""
+    ports = sorted(tcp_ports(pids))
+    if not ports:
+        return False
+    with db.read_session() as s:
+        busy = s.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND client_port = ANY(:ports) AND state <> 'idle'"
+            ),
+            {"ports": ports},
+        ).scalar_one()
+    return bool(busy)
+
+
 # --- the uninterrupted reference run -------------------------------------------------------------------------------
 
 
@@ -535,10 +643,11 @@ class Reference:
 
 
 @pytest.fixture(scope="session")
-def reference(template_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Reference:
-    """CRASH_JOB trained uninterrupted by a worker process (BLAS on one thread, like every training child)."""
+def reference(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Reference:
+    """CRASH_JOB trained uninterrupted by a worker process (BLAS on one thread, like every training child), on SQLite
+    whatever the test's backend."""
     directory = tmp_path_factory.mktemp("durability-reference")
-    path = copy_db(template_db, directory / "d.db")
+    path = copy_db(sqlite_template, directory / "d.db")
     url = f"sqlite:///{path}"
     db = Database(url)
     cluster = Cluster(env=worker_env(url, directory / "var"), directory=directory)

@@ -1,4 +1,4 @@
-"""Claim exclusivity: three worker processes draining one SQLite file run every job exactly once, without ever
+"""Claim exclusivity: three worker processes draining one database run every job exactly once, without ever
 surfacing "database is locked" (DESIGN.md §3, §7, acceptance check 1 at CI size)."""
 
 from __future__ import annotations

@@ -25,7 +25,9 @@ from tests.durability.conftest import (
     audit_max_id,
     figure,
     get_job,
+    group_members,
     p50_max,
+    pg_transaction_open,
     transitions,
     wait_for,
     write_lock_free,
@@ -132,13 +134,20 @@ def _running(env: Env, job_id: str, *, attempt: int = 1):
 
 
 def _freeze(env: Env, victim: Worker) -> float:
-    """SIGSTOP the victim's process group at a moment it holds no SQLite write lock (wall-clock time of the stop).
+    """SIGSTOP the victim's process group at a moment it holds no SQLite write lock, or on PostgreSQL no open
+    transaction (wall-clock time of the stop).
 
     A process frozen inside a write transaction would block every writer of the file until it runs again: that is
-    SQLite's single-writer design (PostgreSQL holds row locks instead), not what this test is about."""
+    SQLite's single-writer design; on PostgreSQL it would hold the job row's lock, and the takeover would wait for
+    idle_in_transaction_session_timeout (60 s). Neither is what this test is about."""
     for _ in range(50):
         victim.signal_group(signal.SIGSTOP)
-        if write_lock_free(env.path):
+        if env.path is not None:
+            free = write_lock_free(env.path)
+        else:
+            time.sleep(0.02)  # a statement already sent finishes; its backend then shows the transaction's state
+            free = not pg_transaction_open(env.db, group_members(victim.pid))
+        if free:
             return time.time()
         victim.signal_group(signal.SIGCONT)
         log.warning("%s was inside a write transaction; freezing it again", victim)

@@ -1,5 +1,8 @@
-"""Worker fixtures: a migrated SQLite file per test (copied from a session template) and jobs queued through the
-same services and schemas the API uses, so the worker sees exactly what a real request would leave behind."""
+"""Worker fixtures: a migrated database per test (copied from a session template) and jobs queued through the same
+services and schemas the API uses, so the worker sees exactly what a real request would leave behind.
+
+Every test runs on each backend (tests/backends.py): [sqlite], a file copied from a template file, and [postgresql]
+(when BACKPROP_TEST_DATABASE_URL is set, else skipped saying why), a clone of a template database."""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from app.db.models import EpochMetric, Job
 from app.db.session import Database
 from app.services import resources as svc
 from app.services.dataset_codec import ParsedDataset
+from tests.backends import BACKENDS, POSTGRESQL, clone, create_pg_database, drop_template, release, require_backend
 
 OWNER = "worker-tests"
 LIMITS = svc.Limits(max_active_jobs=1000)
@@ -30,19 +34,40 @@ def small_settings(url: str) -> Settings:
     return Settings(database_url=url, lease_seconds=2.0, heartbeat_seconds=0.5, poll_seconds=0.1, reaper_seconds=1.0)
 
 
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return require_backend(request.param)
+
+
 @pytest.fixture(scope="session")
-def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def template_db(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path | str]:
+    """A migrated database: a SQLite file's path, or the name of a PostgreSQL template database."""
+    if backend == POSTGRESQL:
+        name, url = create_pg_database("worker_template")
+        try:
+            upgrade(url)
+            yield name
+        finally:
+            drop_template(name)
+        return
     path = tmp_path_factory.mktemp("worker-template") / "worker.db"
     upgrade(f"sqlite:///{path}")
-    return path
+    yield path
 
 
 @pytest.fixture
-def settings(tmp_path: Path, template_db: Path) -> Settings:
+def settings(tmp_path: Path, template_db: Path | str) -> Iterator[Settings]:
+    if isinstance(template_db, str):
+        name, url = clone(template_db, "worker")
+        try:
+            yield small_settings(url)
+        finally:
+            release(template_db, name)
+        return
     path = tmp_path / "var" / template_db.name
     path.parent.mkdir()
     shutil.copyfile(template_db, path)
-    return small_settings(f"sqlite:///{path}")
+    yield small_settings(f"sqlite:///{path}")
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Supervisor.run_once() against a real training child process on a migrated SQLite file."""
+"""Supervisor.run_once() against a real training child process on a migrated database (each backend)."""
 
 import re
 import threading
