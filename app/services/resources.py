@@ -145,32 +145,14 @@ def create_dataset_idempotent(
     request_sha: str,
 ) -> tuple[Dataset, bool]:
     """create_dataset, made safe to retry with an Idempotency-Key: (dataset, replayed)."""
+    sha = hashlib.sha256(request_sha.encode()).hexdigest()
     if idempotency_key is not None:
-        prior = repo.find_idempotency(session, owner, idempotency_key, "dataset")
+        prior = _replay(session, Dataset, owner, idempotency_key, "dataset", sha)
         if prior is not None:
-            if prior.request_sha256 != hashlib.sha256(request_sha.encode()).hexdigest():
-                raise InvalidRequest(
-                    "this Idempotency-Key was used with a different request body", field="Idempotency-Key"
-                )
-            row = repo.get_owned(session, Dataset, owner, prior.resource_id or "")
-            if row is None:
-                raise Conflict("the dataset created with this Idempotency-Key no longer exists; use a new key")
-            return row, True
+            return prior, True
     row = create_dataset(session, owner=owner, parsed=parsed, name=name, limits=limits)
     if idempotency_key is not None:
-        try:
-            with session.begin_nested():
-                session.add(
-                    IdempotencyKey(
-                        owner=owner,
-                        key=idempotency_key,
-                        resource_type="dataset",
-                        request_sha256=hashlib.sha256(request_sha.encode()).hexdigest(),
-                        resource_id=row.id,
-                    )
-                )
-        except IntegrityError:
-            raise Conflict("a request with this Idempotency-Key is being processed; retry shortly") from None
+        _remember(session, owner, idempotency_key, "dataset", sha, row.id)
     return row, False
 
 
@@ -267,9 +249,9 @@ def submit_job(
     """Validate a training request against its network and dataset and queue it: (job, replayed)."""
     request_sha = _canonical(body)
     if idempotency_key is not None:
-        prior = repo.find_idempotency(session, owner, idempotency_key, "job")
+        prior = _replay(session, Job, owner, idempotency_key, "job", request_sha)
         if prior is not None:
-            return _replay(session, prior, request_sha, owner), True
+            return prior, True
     network = repo.get_owned(session, Network, owner, body["network_id"])
     if network is None:
         raise NotFound(f"no network with id {body['network_id']!r}", field="network_id")
@@ -283,8 +265,10 @@ def submit_job(
             field="network_id",
         )
     _check_outputs(spec, dataset)
-    for name, value, limit in (("epochs", body.get("epochs"), limits.max_epochs),
-                               ("batch_size", body.get("batch_size"), limits.max_batch_size)):
+    for name, value, limit in (
+        ("epochs", body.get("epochs"), limits.max_epochs),
+        ("batch_size", body.get("batch_size"), limits.max_batch_size),
+    ):
         if isinstance(value, int) and value > limit:
             raise InvalidRequest(f"{name} is {value}; the limit (max_{name}) is {limit}", field=name)
     engine_cfg = {k: v for k, v in body.items() if k in ENGINE_FIELDS and v is not None}
@@ -321,8 +305,11 @@ def submit_job(
         if base != "loss" and (base == "accuracy") != spec.is_classifier:
             kind = "classifier" if spec.is_classifier else "regressor"
             metrics = "loss, accuracy" if spec.is_classifier else "loss, mae, rmse, r2"
-            raise InvalidRequest(f"early_stopping.monitor {es.monitor} is not a metric of this {kind} "
-                                 f"(it has {metrics}, and their val_ forms)", field="early_stopping.monitor")
+            raise InvalidRequest(
+                f"early_stopping.monitor {es.monitor} is not a metric of this {kind} "
+                f"(it has {metrics}, and their val_ forms)",
+                field="early_stopping.monitor",
+            )
     repo.lock_owner(session, owner)
     active = repo.count_active_jobs(session, owner)
     if active >= limits.max_active_jobs:
@@ -349,29 +336,34 @@ def submit_job(
     repo.add_event(session, job.id, JobEventType.STATUS, status=JobStatus.QUEUED)
     notify_queue(session)
     if idempotency_key is not None:
-        try:
-            with session.begin_nested():
-                session.add(
-                    IdempotencyKey(
-                        owner=owner,
-                        key=idempotency_key,
-                        resource_type="job",
-                        request_sha256=request_sha,
-                        resource_id=job.id,
-                    )
-                )
-        except IntegrityError:
-            raise Conflict("a request with this Idempotency-Key is being processed; retry shortly") from None
+        _remember(session, owner, idempotency_key, "job", request_sha, job.id)
     return job, False
 
 
-def _replay(session: Session, prior: IdempotencyKey, request_sha: str, owner: str) -> Job:
+def _replay(session: Session, cls: type[repo.T], owner: str, key: str, kind: str, request_sha: str) -> repo.T | None:
+    """The resource an earlier request with this key made, None if the key is new; 422 if the body differs."""
+    prior = repo.find_idempotency(session, owner, key, kind)
+    if prior is None:
+        return None
     if prior.request_sha256 != request_sha:
         raise InvalidRequest("this Idempotency-Key was used with a different request body", field="Idempotency-Key")
-    job = repo.get_owned(session, Job, owner, prior.resource_id or "")
-    if job is None:
-        raise Conflict("the original request with this Idempotency-Key did not complete; use a new key")
-    return job
+    row = repo.get_owned(session, cls, owner, prior.resource_id or "")
+    if row is None:
+        raise Conflict(f"the {kind} made with this Idempotency-Key no longer exists; use a new key")
+    return row
+
+
+def _remember(session: Session, owner: str, key: str, kind: str, request_sha: str, resource_id: str) -> None:
+    """Record the key in the creating transaction; a concurrent twin that got there first makes this a 409."""
+    try:
+        with session.begin_nested():
+            session.add(
+                IdempotencyKey(
+                    owner=owner, key=key, resource_type=kind, request_sha256=request_sha, resource_id=resource_id
+                )
+            )
+    except IntegrityError:
+        raise Conflict("a request with this Idempotency-Key is being processed; retry shortly") from None
 
 
 def _check_outputs(spec: NetworkSpec, dataset: Dataset) -> None:
@@ -506,8 +498,11 @@ def predict(row: Model, model: EngineModel, inputs: list[list[float]]) -> dict[s
         out = model.predict(np.asarray(inputs, dtype=np.float64)).astype(np.float64)
     if not np.isfinite(out).all():
         row = int(np.argwhere(~np.isfinite(out))[0][0])
-        raise InvalidRequest(f"inputs row {row} drives the model's outputs past the float range (NaN or Inf); "
-                             f"are its values on the scale of the training data?", field=f"inputs[{row}]")
+        raise InvalidRequest(
+            f"inputs row {row} drives the model's outputs past the float range (NaN or Inf); "
+            f"are its values on the scale of the training data?",
+            field=f"inputs[{row}]",
+        )
     labels = None
     classes = row.classes
     if classes:
