@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 from app.errors import InvalidRequest, PayloadTooLarge
 
 FORMAT = "backprop.dataset/1"
+_BLOCK_ROWS = 8192
 
 
 @dataclass
@@ -221,7 +222,10 @@ def _from_csv(
     if not feat_idx:
         raise InvalidRequest("no feature columns left besides the target(s)", field="target")
     _check_limits(0, len(feat_idx), max_rows=max_rows, max_features=max_features)
+    # Parsed rows are packed into float64 blocks as they come: a large upload never sits in memory as Python
+    # floats (about 4x the size), and the final array is one concatenation of the blocks.
     rows_x: list[list[float]] = []
+    blocks: list[NDArray[np.float64]] = []
     raw_y: list[list[str]] = []
     line_no = 1
 
@@ -230,13 +234,16 @@ def _from_csv(
             raise InvalidRequest(f"line {line_no} has {len(row)} columns, expected {width}", field="file")
         try:
             rows_x.append([float(row[i]) for i in feat_idx])
+            if len(rows_x) >= _BLOCK_ROWS:
+                blocks.append(np.asarray(rows_x, dtype=np.float64))
+                rows_x.clear()
         except ValueError:
             bad = next(i for i in feat_idx if not _is_number(row[i]))
             raise InvalidRequest(
                 f"line {line_no}, column {names[bad]!r}: {row[bad]!r} is not a number", field="file"
             ) from None
         raw_y.append([row[i].strip() for i in target_idx])
-        if len(rows_x) > max_rows:
+        if len(raw_y) > max_rows:
             raise PayloadTooLarge(f"the CSV has more than {max_rows} rows; the limit is max_dataset_rows", field="file")
 
     if not header:
@@ -246,9 +253,11 @@ def _from_csv(
         if not row or not any(cell.strip() for cell in row):
             continue
         take(row)
-    if not rows_x:
+    if not raw_y:
         raise InvalidRequest("the CSV has a header but no data rows", field="file")
-    x = np.asarray(rows_x, dtype=np.float64)
+    if rows_x:
+        blocks.append(np.asarray(rows_x, dtype=np.float64))
+    x = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
     if not np.isfinite(x).all():
         row = int(np.argwhere(~np.isfinite(x))[0][0])
         raise InvalidRequest(f"data row {row} contains NaN or Inf", field="file")
