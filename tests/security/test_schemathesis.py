@@ -2,9 +2,8 @@
 
 The pytest equivalent of `st run .../openapi.json -H "Authorization: Bearer KEY" --checks all
 --exclude-checks positive_data_acceptance`. The app runs in process (ASGI) on a copy of the world template
-(alice's network, dataset, jobs and model), first per operation (`@schema.parametrize()`: explicit examples,
-coverage and fuzzing phases), then as a state machine whose links schemathesis infers (create, then read,
-delete, use), which is what gives `use_after_free` and `ensure_resource_availability` something to check.
+(alice's network, dataset, jobs and model), per operation (`@schema.parametrize()`: explicit examples, coverage
+and fuzzing phases). Its state machine is not run (see the note above the checks test).
 
 `positive_data_acceptance` is excluded: the schema cannot express the semantic limits (max_params, a network's
 shape against a dataset's, softmax + cross_entropy, ...), so a schema-valid request is rejectable by design.
@@ -101,8 +100,7 @@ def st_env(world_template: Template) -> Iterator[None]:
         _DB.dispose()
         shutil.rmtree(_DB_DIR, ignore_errors=True)
         line = (
-            f"schemathesis: {COUNTS['cases']} generated cases + {COUNTS['steps']} state-machine steps "
-            f"({COUNTS['cases'] + COUNTS['steps']} requests, plus check probes); "
+            f"schemathesis: {COUNTS['cases']} generated cases (plus check probes); "
             f"statuses {dict(sorted(STATUSES.items()))}"
         )
         SUMMARY.append(line)
