@@ -12,7 +12,6 @@ import secrets
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -367,11 +366,10 @@ def _remember(session: Session, owner: str, key: str, kind: str, request_sha: st
 
 
 def _check_outputs(spec: NetworkSpec, dataset: Dataset) -> None:
+    """Whether the network's outputs fit the dataset's targets, judged on one stand-in row of the stored shape."""
     k = dataset.n_targets
-    dummy = np.zeros(1 if dataset.kind == DatasetKind.CLASSIFICATION else (1, k))
-    if dataset.kind == DatasetKind.REGRESSION:
-        dummy = np.zeros((1, k))
-    training_targets(spec, str(dataset.kind), dataset.classes, dummy, k)
+    one_row = np.zeros(1) if dataset.kind == DatasetKind.CLASSIFICATION else np.zeros((1, k))
+    training_targets(spec, str(dataset.kind), dataset.classes, one_row, k)
 
 
 def get_job(session: Session, *, owner: str, job_id: str) -> Job:
@@ -513,7 +511,3 @@ def predict(row: Model, model: EngineModel, inputs: list[list[float]]) -> dict[s
         elif model.spec.loss not in ("cross_entropy", "binary_cross_entropy") and len(classes) == out.shape[1]:
             labels = [classes[i] for i in out.argmax(axis=1)]
     return {"model_id": row.id, "outputs": out.tolist(), "labels": labels}
-
-
-def now() -> datetime:
-    return utcnow()
