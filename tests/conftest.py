@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 
+pytest_plugins = ["tests.support.server"]
+
 
 @pytest.fixture
 def rng() -> np.random.Generator:

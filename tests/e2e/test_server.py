@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sklearn.datasets import load_iris
 
-from tests.e2e.conftest import Server, wait_until
+from tests.support.server import Server, wait_until
 
 pytestmark = pytest.mark.integration
 
