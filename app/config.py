@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     reaper_seconds: float = Field(default=15.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
     poll_seconds: float = Field(default=0.1, gt=0)  # idle worker's wait between claim attempts
+    events_poll_seconds: float = Field(default=0.25, gt=0)  # how often an open event stream looks for news
+    events_keepalive_seconds: float = Field(default=15.0, gt=0)
     checkpoint_seconds: float = Field(default=60.0, gt=0)
 
     # Limits (DESIGN.md §8): a static violation is a 422 naming the limit, a quota a 429.

@@ -130,6 +130,15 @@ def status_events(session: Session, job_id: str) -> list[JobEvent]:
     )
 
 
+def events_after(session: Session, job_id: str, *, after: int, limit: int) -> list[JobEvent]:
+    """A job's events with seq > `after`, in order (seqs are gap-free: each is max + 1 under the job's PK)."""
+    return list(
+        session.execute(
+            select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.seq > after).order_by(JobEvent.seq).limit(limit)
+        ).scalars()
+    )
+
+
 def history(session: Session, job_id: str, *, after: int = 0, limit: int = 10_000) -> list[EpochMetric]:
     return list(
         session.execute(

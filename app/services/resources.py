@@ -406,6 +406,45 @@ def job_view(session: Session, job: Job) -> dict[str, Any]:
     }
 
 
+def job_events(session: Session, *, job_id: str, after: int, limit: int = 500) -> tuple[list[dict[str, Any]], bool]:
+    """The job's events after seq `after` as stream payloads, and whether the job is terminal. The terminal status
+    event carries the final metrics, model id and error, read from the job row that the same transaction made
+    terminal."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    out: list[dict[str, Any]] = []
+    for e in repo.events_after(session, job_id, after=after, limit=limit):
+        data = dict(e.data or {})
+        payload: dict[str, Any] = {"job_id": job_id, "seq": e.seq, "type": str(e.type)}
+        if e.type == JobEventType.EPOCH:
+            payload |= {
+                "epoch": data.get("epoch"),
+                "loss": data.get("loss"),
+                "val_loss": data.get("val_loss"),
+                "metrics": data.get("metrics") or {},
+                "seconds": data.get("seconds", 0.0),
+            }
+        else:
+            payload |= {"status": str(e.status), "reason": data.get("reason")}
+            if e.status in TERMINAL:
+                payload |= terminal_summary(job)
+        payload["at"] = e.created_at.isoformat() if e.created_at else None
+        out.append(payload)
+    return out, job.status in TERMINAL
+
+
+def terminal_summary(job: Job) -> dict[str, Any]:
+    """What a finished job ended with: its final metrics, model and error (event stream and webhooks)."""
+    last = job.last_metrics or {}
+    metrics = {"loss": last.get("loss"), "val_loss": last.get("val_loss"), **(last.get("metrics") or {})}
+    return {
+        "metrics": metrics if last else None,
+        "model_id": job.model_id,
+        "error": {"code": job.error_code, "message": job.error or ""} if job.error_code else None,
+    }
+
+
 def cancel_job(session: Session, *, owner: str, job_id: str) -> Job:
     job = get_job(session, owner=owner, job_id=job_id)
     now = utcnow()
