@@ -38,6 +38,13 @@ class Settings(BaseSettings):
     poll_seconds: float = Field(default=0.1, gt=0)  # idle worker's wait between claim attempts
     events_poll_seconds: float = Field(default=0.25, gt=0)  # how often an open event stream looks for news
     events_keepalive_seconds: float = Field(default=15.0, gt=0)
+
+    # Webhooks (sent by workers): a failed POST is retried after retry_seconds, doubling up to retry_max_seconds.
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    webhook_max_attempts: int = Field(default=10, ge=1)
+    webhook_retry_seconds: float = Field(default=5.0, gt=0)
+    webhook_retry_max_seconds: float = Field(default=3600.0, gt=0)
+    webhook_poll_seconds: float = Field(default=1.0, gt=0)
     checkpoint_seconds: float = Field(default=60.0, gt=0)
 
     # Limits (DESIGN.md §8): a static violation is a 422 naming the limit, a quota a 429.

@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from app.api import errors, openapi
 from app.api.deps import AppState
 from app.api.middleware import AccessLog, BodyLimit
-from app.api.routes import datasets, health, jobs, models, networks
+from app.api.routes import datasets, health, jobs, models, networks, webhooks
 from app.config import Settings
 from app.db.session import Database
 from app.services.resources import Limits, ModelCache
@@ -46,13 +46,14 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
             {"name": "datasets"},
             {"name": "jobs"},
             {"name": "models"},
+            {"name": "webhooks"},
             {"name": "health"},
         ],
     )
     app.state.backprop = AppState(settings=settings, db=db, models=ModelCache(), limits=limits_from(settings))
     errors.install(app)
     openapi.install(app)
-    for module in (networks, datasets, jobs, models, health):
+    for module in (networks, datasets, jobs, models, webhooks, health):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, max_json_bytes=settings.max_json_bytes, max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(AccessLog)

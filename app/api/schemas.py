@@ -179,6 +179,13 @@ class JobCreate(Strict):
         "model keeps the scaling, so predictions take raw inputs.",
     )
     keep_partial_model: StrictBool = Field(False, description="On cancel, store the last weights as a partial model.")
+    webhook_url: str | None = Field(
+        None,
+        max_length=2048,
+        description="When the job ends (succeeded, failed or cancelled) a worker POSTs a signed JSON event here "
+        "(see GET /v1/webhooks/secret); retried with backoff until a 2xx.",
+        examples=["https://example.com/hooks/backprop"],
+    )
 
     model_config = ConfigDict(
         extra="forbid",
@@ -210,6 +217,34 @@ class Transition(BaseModel):
     reason: str | None = None
 
 
+class WebhookAttemptRead(BaseModel):
+    attempt: int
+    at: datetime
+    status_code: int | None = Field(None, description="The receiver's HTTP status; null if none came back.")
+    error: str | None = None
+    duration_ms: float
+
+
+class WebhookDeliveryRead(BaseModel):
+    id: str = Field(description="The event id (Backprop-Event-Id), the same on every retry.")
+    event: str = Field(examples=["job.succeeded"])
+    url: str
+    status: Literal["pending", "delivered", "failed"]
+    attempts: list[WebhookAttemptRead]
+    next_attempt_at: datetime | None = None
+    delivered_at: datetime | None = None
+    created_at: datetime
+
+
+class WebhookSecretRead(BaseModel):
+    secret: str = Field(description="The HMAC-SHA256 key that signs this owner's webhook deliveries.")
+    created_at: datetime
+    algorithm: Literal["HMAC-SHA256"]
+    signature_header: str
+    timestamp_header: str
+    signed_content: str
+
+
 class JobRead(BaseModel):
     id: str
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -231,6 +266,10 @@ class JobRead(BaseModel):
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    webhook_url: str | None = None
+    webhook_deliveries: list[WebhookDeliveryRead] = Field(
+        default_factory=list, description="The job's webhook events and every attempt to POST them."
+    )
 
 
 class EpochRecord(BaseModel):

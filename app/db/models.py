@@ -171,6 +171,72 @@ class JobEvent(Base):
     created_at: Mapped[datetime] = _created_at()
 
 
+class Worker(Base):
+    """One supervisor (a `backprop worker`/`serve` training slot): registered at start, heartbeated, marked stopped
+    at exit. A row whose heartbeat is older than a few intervals belongs to a worker that died (for /metrics)."""
+
+    __tablename__ = "worker"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    job_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class WebhookSecret(Base):
+    """The HMAC-SHA256 key that signs an owner's webhook deliveries (kept in clear: signing needs it)."""
+
+    __tablename__ = "webhook_secret"
+
+    owner: Mapped[str] = mapped_column(String(OWNER_LENGTH), primary_key=True)
+    secret: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = _created_at()
+
+
+class WebhookDelivery(Base):
+    """One event to POST to a job's webhook_url, written in the transaction that made the job terminal (an outbox).
+    `next_attempt_at` doubles as the sender's lease: a claim pushes it past the attempt's timeout, so a sender that
+    dies mid-attempt leaves the delivery due again (at-least-once)."""
+
+    __tablename__ = "webhook_delivery"
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'delivered', 'failed')", name="status"),
+        Index("ix_webhook_delivery_due", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[str] = _id_pk()   # also the event id the receiver sees, stable across retries
+    job_id: Mapped[str] = mapped_column(String(ID_LENGTH), ForeignKey("job.id", ondelete="CASCADE"), index=True)
+    owner: Mapped[str] = mapped_column(String(OWNER_LENGTH))
+    event: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(String(2048))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default="pending", server_default=text("'pending'"))
+    attempts: Mapped[int] = _int_zero()
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = _created_at()
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class WebhookAttempt(Base):
+    """What each POST of a delivery got back: the log shown on the job."""
+
+    __tablename__ = "webhook_attempt"
+    __table_args__ = (PrimaryKeyConstraint("delivery_id", "attempt"),)
+
+    delivery_id: Mapped[str] = mapped_column(
+        String(ID_LENGTH), ForeignKey("webhook_delivery.id", ondelete="CASCADE")
+    )
+    attempt: Mapped[int] = mapped_column(Integer, autoincrement=False)
+    worker_id: Mapped[str | None] = mapped_column(String(128))
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = _created_at()
+
+
 class EpochMetric(Base):
     __tablename__ = "epoch_metric"
     __table_args__ = (PrimaryKeyConstraint("job_id", "epoch"),)  # a replayed epoch cannot add a row

@@ -6,11 +6,12 @@ token, so a worker that lost its lease changes nothing (DESIGN.md §2-§4).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db.base import new_id, utcnow
@@ -24,6 +25,10 @@ from app.db.models import (
     JobEvent,
     Model,
     Network,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookSecret,
+    Worker,
 )
 from app.db.notify import notify_queue
 from app.domain import TERMINAL, JobEventType, JobStatus
@@ -118,6 +123,8 @@ def add_event(
     ).scalar_one()
     session.add(JobEvent(job_id=job_id, seq=int(seq) + 1, type=type_, status=status, data=data or {}))
     session.flush()
+    if status in TERMINAL:
+        enqueue_webhook(session, job_id, status)
 
 
 def status_events(session: Session, job_id: str) -> list[JobEvent]:
@@ -405,3 +412,173 @@ def now_db(session: Session) -> datetime:
         value = session.execute(select(func.now())).scalar_one()
         return value if isinstance(value, datetime) else utcnow()
     return utcnow()
+
+
+# --- webhooks and the worker registry ---------------------------------------------------------------------------
+
+
+def terminal_summary(job: Any) -> dict[str, Any]:
+    """What a finished job ended with (a Job or a row with its columns): final metrics, model id and error."""
+    last = job.last_metrics or {}
+    metrics = {"loss": last.get("loss"), "val_loss": last.get("val_loss"), **(last.get("metrics") or {})}
+    return {
+        "metrics": metrics if last else None,
+        "model_id": job.model_id,
+        "error": {"code": job.error_code, "message": job.error or ""} if job.error_code else None,
+    }
+
+
+def enqueue_webhook(session: Session, job_id: str, status: JobStatus) -> None:
+    """Outbox: in the transaction that makes a job terminal, record the event to POST to its webhook_url (if any).
+    Column reads, not the ORM object: the identity map may hold the job as it was before this transaction's UPDATE."""
+    row = session.execute(
+        select(
+            Job.owner, Job.webhook_url, Job.last_metrics, Job.model_id, Job.error_code, Job.error, Job.epoch,
+            Job.epochs,
+        ).where(Job.id == job_id)
+    ).one_or_none()
+    if row is None or not row.webhook_url:
+        return
+    now = now_db(session)
+    delivery_id = new_id()
+    payload = {
+        "id": delivery_id,
+        "type": f"job.{status}",
+        "created_at": now.isoformat(),
+        "job_id": job_id,
+        "status": str(status),
+        **terminal_summary(row),
+        "epoch": row.epoch,
+        "epochs": row.epochs,
+    }
+    session.add(
+        WebhookDelivery(
+            id=delivery_id, job_id=job_id, owner=row.owner, event=payload["type"], url=row.webhook_url,
+            payload=payload, next_attempt_at=now,
+        )
+    )
+    session.flush()
+
+
+def claim_delivery(session: Session, *, now: datetime, lease_seconds: float) -> WebhookDelivery | None:
+    """Take the most overdue pending delivery: count the attempt and push next_attempt_at past its timeout (the
+    lease), so no other sender takes it meanwhile and a sender that dies leaves it due again."""
+    pick = (
+        select(WebhookDelivery.id)
+        .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now)
+        .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    delivery_id = session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == pick, WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now)
+        .values(attempts=WebhookDelivery.attempts + 1, next_attempt_at=now + timedelta(seconds=lease_seconds))
+        .returning(WebhookDelivery.id)
+    ).scalar_one_or_none()
+    if delivery_id is None:
+        return None
+    return session.execute(
+        select(WebhookDelivery).where(WebhookDelivery.id == delivery_id).execution_options(populate_existing=True)
+    ).scalar_one()
+
+
+def record_attempt(
+    session: Session,
+    delivery: WebhookDelivery,
+    *,
+    worker_id: str,
+    status_code: int | None,
+    error: str | None,
+    duration_ms: float,
+    retry_at: datetime | None,
+    now: datetime,
+) -> str:
+    """Log one POST and move the delivery on: delivered (2xx), pending until `retry_at`, or failed (no retry left).
+    Returns the delivery's new status."""
+    session.add(
+        WebhookAttempt(
+            delivery_id=delivery.id, attempt=delivery.attempts, worker_id=worker_id, status_code=status_code,
+            error=error, duration_ms=duration_ms, created_at=now,
+        )
+    )
+    ok = status_code is not None and 200 <= status_code < 300
+    if ok:
+        values: dict[str, Any] = {"status": "delivered", "delivered_at": now}
+    elif retry_at is None:
+        values = {"status": "failed"}
+    else:
+        values = {"next_attempt_at": retry_at}
+    session.execute(
+        update(WebhookDelivery).where(WebhookDelivery.id == delivery.id, WebhookDelivery.status == "pending")
+        .values(**values)
+    )
+    return str(values.get("status", "pending"))
+
+
+def deliveries_for(session: Session, job_id: str) -> list[tuple[WebhookDelivery, list[WebhookAttempt]]]:
+    deliveries = list(
+        session.execute(
+            select(WebhookDelivery).where(WebhookDelivery.job_id == job_id).order_by(WebhookDelivery.created_at)
+        ).scalars()
+    )
+    if not deliveries:
+        return []
+    attempts = session.execute(
+        select(WebhookAttempt)
+        .where(WebhookAttempt.delivery_id.in_([d.id for d in deliveries]))
+        .order_by(WebhookAttempt.attempt)
+    ).scalars()
+    by_delivery: dict[str, list[WebhookAttempt]] = {d.id: [] for d in deliveries}
+    for a in attempts:
+        by_delivery[a.delivery_id].append(a)
+    return [(d, by_delivery[d.id]) for d in deliveries]
+
+
+def webhook_secret(session: Session, owner: str, *, create: Callable[[], str]) -> WebhookSecret:
+    """The owner's signing secret, made with `create()` on first use (a concurrent first use keeps one)."""
+    row = session.get(WebhookSecret, owner)
+    if row is not None:
+        return row
+    try:
+        with session.begin_nested():
+            row = WebhookSecret(owner=owner, secret=create())
+            session.add(row)
+    except IntegrityError:
+        row = session.get(WebhookSecret, owner, populate_existing=True)
+        assert row is not None
+    return row
+
+
+def rotate_webhook_secret(session: Session, owner: str, secret: str) -> WebhookSecret:
+    row = session.get(WebhookSecret, owner)
+    if row is None:
+        row = WebhookSecret(owner=owner, secret=secret)
+        session.add(row)
+    else:
+        row.secret, row.created_at = secret, now_db(session)
+    session.flush()
+    return row
+
+
+def beat_workers(
+    session: Session, workers: dict[str, str | None], *, hostname: str, pid: int, now: datetime, started_at: datetime
+) -> None:
+    """Upsert each supervisor's row with a fresh heartbeat and its current job."""
+    for worker_id, job_id in workers.items():
+        row = session.get(Worker, worker_id)
+        if row is None:
+            session.add(
+                Worker(
+                    id=worker_id, hostname=hostname, pid=pid, job_id=job_id, started_at=started_at, heartbeat_at=now
+                )
+            )
+        else:
+            row.job_id, row.heartbeat_at, row.stopped_at = job_id, now, None
+    session.flush()
+
+
+def stop_workers(session: Session, worker_ids: list[str], *, now: datetime) -> None:
+    session.execute(update(Worker).where(Worker.id.in_(worker_ids)).values(stopped_at=now, job_id=None))
+

@@ -27,6 +27,7 @@ from app.domain import TERMINAL, DatasetKind, JobEventType, JobStatus
 from app.engine import Model as EngineModel
 from app.engine import NetworkSpec, SpecError, TrainConfig
 from app.errors import Conflict, InvalidRequest, NotFound, QuotaExceeded
+from app.services import webhooks
 from app.services.dataset_codec import ParsedDataset
 from app.storage import blobs
 
@@ -318,6 +319,7 @@ def submit_job(
         )
     stored = config.to_dict()
     stored["keep_partial_model"] = bool(body.get("keep_partial_model", False))
+    webhook_url = webhooks.check_url(body["webhook_url"]) if body.get("webhook_url") else None
     job = Job(
         owner=owner,
         network_id=network.id,
@@ -328,10 +330,13 @@ def submit_job(
         epochs=config.epochs,
         max_attempts=limits.max_attempts,
         partial_model=stored["keep_partial_model"],
+        webhook_url=webhook_url,
         run_after=utcnow(),
     )
     session.add(job)
     session.flush()
+    if webhook_url:
+        webhooks.secret_for(session, owner)  # made now, so the owner can fetch it before the first delivery
     repo.add_event(session, job.id, JobEventType.STATUS, status=JobStatus.QUEUED)
     notify_queue(session)
     if idempotency_key is not None:
@@ -403,6 +408,8 @@ def job_view(session: Session, job: Job) -> dict[str, Any]:
         "created_at": job.created_at,
         "started_at": job.started_at,
         "finished_at": job.finished_at,
+        "webhook_url": job.webhook_url,
+        "webhook_deliveries": webhooks.deliveries_view(session, job.id) if job.webhook_url else [],
     }
 
 
@@ -428,21 +435,10 @@ def job_events(session: Session, *, job_id: str, after: int, limit: int = 500) -
         else:
             payload |= {"status": str(e.status), "reason": data.get("reason")}
             if e.status in TERMINAL:
-                payload |= terminal_summary(job)
+                payload |= repo.terminal_summary(job)
         payload["at"] = e.created_at.isoformat() if e.created_at else None
         out.append(payload)
     return out, job.status in TERMINAL
-
-
-def terminal_summary(job: Job) -> dict[str, Any]:
-    """What a finished job ended with: its final metrics, model and error (event stream and webhooks)."""
-    last = job.last_metrics or {}
-    metrics = {"loss": last.get("loss"), "val_loss": last.get("val_loss"), **(last.get("metrics") or {})}
-    return {
-        "metrics": metrics if last else None,
-        "model_id": job.model_id,
-        "error": {"code": job.error_code, "message": job.error or ""} if job.error_code else None,
-    }
 
 
 def cancel_job(session: Session, *, owner: str, job_id: str) -> Job:

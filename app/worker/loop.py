@@ -25,6 +25,7 @@ from app.db.notify import start_listener
 from app.db.session import Database, is_busy_error
 from app.domain import JobStatus
 from app.worker.runner import EXIT_LEASE_LOST, RELEASE, STOP, ChildArgs, warm_main
+from app.worker.webhooks import WebhookSender
 
 log = logging.getLogger("backprop.worker")
 
@@ -92,6 +93,7 @@ class Supervisor:
         self._last_reap = 0.0
         self._ctx = mp.get_context("spawn")
         self._warm: WarmChild | None = None
+        self.current_job: str | None = None  # for the worker registry
         _pin_blas_threads()
 
     def warm_up(self) -> None:
@@ -168,7 +170,11 @@ class Supervisor:
             return False
         job_id, token, attempt = claimed
         log.info("job %s: claimed (attempt %d)", job_id, attempt)
-        self.supervise(job_id, token, attempt)
+        self.current_job = job_id
+        try:
+            self.supervise(job_id, token, attempt)
+        finally:
+            self.current_job = None
         return True
 
     # --- one job --------------------------------------------------------------------------------------------------
@@ -308,6 +314,16 @@ def run_workers(settings: Settings, count: int, *, exit_with_parent: bool = Fals
     threads = [threading.Thread(target=sup.run_forever, name=f"supervisor-{i}") for i, sup in enumerate(sups)]
     for t in threads:
         t.start()
+    housekeeping = threading.Event()
+    sender = WebhookSender(settings, db, worker_id=sups[0].worker_id)
+    helpers = [
+        threading.Thread(target=sender.run, args=(housekeeping,), name="webhook-sender", daemon=True),
+        threading.Thread(
+            target=register_workers, args=(settings, db, sups, housekeeping), name="registry", daemon=True
+        ),
+    ]
+    for t in helpers:
+        t.start()
     parent = os.getppid()
     try:
         while any(t.is_alive() for t in threads):
@@ -319,6 +335,33 @@ def run_workers(settings: Settings, count: int, *, exit_with_parent: bool = Fals
                     sup.stopping.set()
                 wake.set()
     finally:
+        housekeeping.set()
+        for t in helpers:
+            t.join(timeout=settings.webhook_timeout_seconds + 5)
         if listener is not None:
             listener.stop()
         db.dispose()
+
+
+def register_workers(settings: Settings, db: Database, sups: list[Supervisor], stopping: threading.Event) -> None:
+    """Keep this process's supervisors in the `worker` table (heartbeat and current job) until `stopping`."""
+    hostname, pid = socket.gethostname(), os.getpid()
+    started_at = None
+    while True:
+        try:
+            with db.session() as s:
+                now = repo.now_db(s)
+                started_at = started_at or now
+                repo.beat_workers(
+                    s, {sup.worker_id: sup.current_job for sup in sups}, hostname=hostname, pid=pid, now=now,
+                    started_at=started_at,
+                )
+        except Exception as exc:
+            log.warning("worker registry heartbeat failed (%s)", exc)
+        if stopping.wait(settings.heartbeat_seconds):
+            break
+    try:
+        with db.session() as s:
+            repo.stop_workers(s, [sup.worker_id for sup in sups], now=repo.now_db(s))
+    except Exception as exc:
+        log.warning("could not mark the workers stopped (%s)", exc)

@@ -9,9 +9,10 @@ from fastapi import APIRouter, Query, Response
 from app.api.deps import After, JsonBody, Limit, OwnerDep, ReadSession, StateDep, WriteSession, committed
 from app.api.schemas import ModelRead, Page, PredictRequest, PredictResponse, Weights
 from app.db import repositories as repo
-from app.db.models import Model
+from app.db.models import Dataset, Model
 from app.errors import NotFound
 from app.services import resources as svc
+from app.services.onnx_export import export_onnx
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -76,6 +77,40 @@ def get_weights(
         for (w, b), layer in zip(model.layer_weights(), model.spec.layers, strict=True)
     ]
     return {"model_id": row.id, "layers": layers, "input_scaling": scaling}
+
+
+@router.get(
+    "/{model_id}/export",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+            "description": "The model as an ONNX file (opset 17), `<model_id>.onnx`: float32 input `inputs` "
+            "[N, n_features] of raw feature rows -> float32 output `outputs` [N, n_outputs], the same values as "
+            "/predict's `outputs` (input scaling included). metadata_props hold model_id, classes and "
+            "feature_names as JSON.",
+        }
+    },
+    summary="Export a model as an ONNX file",
+)
+def export_model(
+    model_id: str,
+    owner: OwnerDep,
+    session: ReadSession,
+    st: StateDep,
+    format: Annotated[Literal["onnx"], Query(description="onnx (the only export format)")] = "onnx",
+) -> Response:
+    row = svc.get_model(session, owner=owner, model_id=model_id)
+    model = st.models.get(session, row)
+    # The model's own dataset, even if since deleted: its feature names describe the model's inputs.
+    dataset = session.get(Dataset, row.dataset_id)
+    feature_names = dataset.feature_names if dataset is not None and dataset.owner == owner else None
+    data = export_onnx(model, model_id=row.id, classes=row.classes, feature_names=feature_names)
+    return Response(
+        data,
+        media_type="application/octet-stream",
+        headers={"Content-Disposition": f'attachment; filename="{row.id}.onnx"'},
+    )
 
 
 @router.post(
