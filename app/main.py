@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from app.api import errors, openapi
 from app.api.deps import AppState
 from app.api.middleware import AccessLog, BodyLimit
-from app.api.routes import datasets, health, jobs, models, networks, webhooks
+from app.api.routes import datasets, health, jobs, models, networks, ui, webhooks
 from app.config import Settings
 from app.db.session import Database
 from app.services.resources import Limits, ModelCache
@@ -53,7 +53,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     app.state.backprop = AppState(settings=settings, db=db, models=ModelCache(), limits=limits_from(settings))
     errors.install(app)
     openapi.install(app)
-    for module in (networks, datasets, jobs, models, webhooks, health):
+    for module in (networks, datasets, jobs, models, webhooks, health, ui):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, max_json_bytes=settings.max_json_bytes, max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(AccessLog)

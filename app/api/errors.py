@@ -110,8 +110,19 @@ def validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     return errors[:50]
 
 
+def _flat_routes(routes: Any) -> Any:
+    """Routes, with those of included routers (newer FastAPI keeps them behind a wrapper) flattened in."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _flat_routes(inner.routes)
+        else:
+            yield route
+
+
 def _allowed_methods(app: FastAPI, path: str) -> list[str]:
-    """Every method served at `path`, from the OpenAPI paths (stable across FastAPI's internal route types)."""
+    """Every method served at `path`, from the OpenAPI paths (stable across FastAPI's internal route types) and the
+    routes that the document leaves out."""
     table = getattr(app.state, "method_table", None)
     if table is None:
         table = []
@@ -121,6 +132,9 @@ def _allowed_methods(app: FastAPI, path: str) -> list[str]:
             if "GET" in methods:
                 methods.add("HEAD")
             table.append((pattern, methods))
+        for route in _flat_routes(app.routes):  # those kept out of the OpenAPI document (the dashboard, /metrics)
+            if getattr(route, "include_in_schema", True) is False and getattr(route, "methods", None):
+                table.append((route.path_regex, set(route.methods)))
         app.state.method_table = table
     return sorted({m for pattern, methods in table if pattern.match(path) for m in methods})
 

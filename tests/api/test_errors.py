@@ -90,3 +90,15 @@ async def test_dataset_over_max_dataset_rows_is_413(template: Template, settings
         content = b"x,y\n" + b"".join(f"{i},{i % 2}\n".encode() for i in range(6))
         r = await c.post("/v1/datasets", files={"file": ("rows.csv", content, "text/csv")})
         assert_problem(r, 413, "max_dataset_rows")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [("POST", "/ui", "GET, HEAD"), ("DELETE", "/ui/static/app.js", "GET, HEAD"), ("PUT", "/v1/jobs", "GET, HEAD, POST")],
+)
+async def test_405_names_the_allowed_methods_also_for_routes_outside_the_openapi_document(
+    client: httpx.AsyncClient, method: str, path: str, allow: str
+):
+    r = await client.request(method, path)
+    assert_problem(r, 405, allow)
+    assert r.headers["allow"] == allow
