@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     reaper_seconds: float = Field(default=15.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
     poll_seconds: float = Field(default=0.1, gt=0)  # idle worker's wait between claim attempts
+    metrics_token: str | None = Field(default=None, min_length=16)  # if set, GET /metrics needs it as a Bearer token
     events_poll_seconds: float = Field(default=0.25, gt=0)  # how often an open event stream looks for news
     events_keepalive_seconds: float = Field(default=15.0, gt=0)
 

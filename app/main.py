@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from app.api import errors, openapi
+from app.api import errors, metrics, openapi
 from app.api.deps import AppState
 from app.api.middleware import AccessLog, BodyLimit
 from app.api.routes import datasets, health, jobs, models, networks, ui, webhooks
@@ -57,4 +57,5 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
         app.include_router(module.router)
     app.add_middleware(BodyLimit, max_json_bytes=settings.max_json_bytes, max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(AccessLog)
+    metrics.install(app)  # last: its middleware is the outermost, so it sees every answer
     return app
