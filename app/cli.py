@@ -1,4 +1,5 @@
-"""The `backprop` console script: serve (API + embedded workers), worker, migrate, keys."""
+"""The `backprop` console script: serve (API + embedded workers), worker, migrate, keys; and the HTTP client's
+train, predict and jobs (app/client/cli.py)."""
 
 from __future__ import annotations
 
@@ -174,11 +175,19 @@ def build_parser() -> argparse.ArgumentParser:
     ksub.add_parser("list", help="list keys (prefixes only)")
     revoke = ksub.add_parser("revoke", help="revoke a key by its prefix")
     revoke.add_argument("prefix")
+    from app.client.cli import add_commands  # the HTTP client's commands: train, predict, jobs
+
+    add_commands(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
     ns = build_parser().parse_args(argv)
+    if getattr(ns, "client_command", None) is not None:
+        # A client of a server, maybe a remote one: it needs no Settings or database.
+        from app.client.cli import run
+
+        raise SystemExit(run(ns))
     if ns.cmd in ("serve", "worker"):
         # Before NumPy loads: training children run BLAS on one thread (reproducible results), and the API's
         # predicts would otherwise contend with them for the cores. An operator's explicit setting wins.

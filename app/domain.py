@@ -60,3 +60,4 @@ class ResourceType(StrEnum):
 
     JOB = "job"
     DATASET = "dataset"
+    NETWORK = "network"

@@ -55,7 +55,23 @@ def _owned(session: Session, cls: type[repo.T], owner: str, id_: str, noun: str)
 # --- networks ---------------------------------------------------------------------------------------------------
 
 
-def create_network(session: Session, *, owner: str, body: dict[str, Any], limits: Limits) -> Network:
+def create_network(
+    session: Session, *, owner: str, body: dict[str, Any], limits: Limits, idempotency_key: str | None = None
+) -> tuple[Network, bool]:
+    """Validate and store a network: (row, replayed). A repeated Idempotency-Key with the same body returns the
+    network the first request made."""
+    request_sha = _canonical(body)
+    if idempotency_key is not None:
+        prior = _replay(session, Network, owner, idempotency_key, "network", request_sha)
+        if prior is not None:
+            return prior, True
+    row = _new_network(session, owner=owner, body=body, limits=limits)
+    if idempotency_key is not None:
+        _remember(session, owner, idempotency_key, "network", request_sha, row.id)
+    return row, False
+
+
+def _new_network(session: Session, *, owner: str, body: dict[str, Any], limits: Limits) -> Network:
     try:
         spec = NetworkSpec.from_dict({k: v for k, v in body.items() if k != "name"})
     except SpecError as exc:

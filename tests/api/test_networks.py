@@ -166,3 +166,24 @@ async def test_network_over_the_parameter_limit_is_422(client: httpx.AsyncClient
 
 async def test_network_body_that_is_not_an_object_is_422(client: httpx.AsyncClient):
     assert_problem(await client.post("/v1/networks", json=[1, 2, 3]), 422)
+
+
+async def test_idempotency_key_replays_the_same_network(client: httpx.AsyncClient, other: httpx.AsyncClient):
+    key = {"Idempotency-Key": f"net-{random_id()}"}
+    first = await client.post("/v1/networks", json=network_body(), headers=key)
+    again = await client.post("/v1/networks", json=network_body(), headers=key)
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in first.headers
+    assert first.headers["location"] == f"/v1/networks/{first.json()['id']}"
+    listed = (await client.get("/v1/networks", params={"limit": 100})).json()["data"]
+    assert [n["id"] for n in listed].count(first.json()["id"]) == 1
+    assert len(listed) == 1
+    # The same key with another body is refused; another owner's key space is their own.
+    assert_problem(
+        await client.post("/v1/networks", json=network_body(units=(4, 3)), headers=key), 422, field="Idempotency-Key"
+    )
+    theirs = await other.post("/v1/networks", json=network_body(), headers=key)
+    assert theirs.status_code == 201
+    assert theirs.json()["id"] != first.json()["id"]

@@ -496,7 +496,7 @@ class Jobs:
             network, data = (CRASH_NETWORK, crash_data()) if kind == "crash" else (TINY_NETWORK, tiny_data())
             with self.db.session() as s:
                 body = NetworkCreate.model_validate(network).model_dump(exclude_none=True)
-                net = svc.create_network(s, owner=self.owner, body=body, limits=LIMITS)
+                net, _ = svc.create_network(s, owner=self.owner, body=body, limits=LIMITS)
                 ds = svc.create_dataset(s, owner=self.owner, parsed=data, name=kind, limits=LIMITS)
                 self._ids[kind] = (net.id, ds.id)
         return self._ids[kind]

@@ -99,7 +99,7 @@ def submit(
         classes=classes,
     )
     with db.session() as s:
-        net = svc.create_network(
+        net, _ = svc.create_network(
             s, owner=OWNER, body=NetworkCreate.model_validate(network).model_dump(exclude_none=True), limits=LIMITS
         )
         ds = svc.create_dataset(s, owner=OWNER, parsed=parsed, name=None, limits=LIMITS)

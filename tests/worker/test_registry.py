@@ -29,7 +29,9 @@ def test_supervisors_are_registered_heartbeated_and_marked_stopped(settings: Set
         sups[1].current_job = "job-123"
         beat = first["w0"].heartbeat_at
         wait_for(lambda: rows(db)["w1"].job_id == "job-123", timeout=10, what="the current job in the registry")
-        later = wait_for(lambda: rows(db) if rows(db)["w0"].heartbeat_at > beat else None, timeout=10, what="a heartbeat")
+        later = wait_for(
+            lambda: rows(db) if rows(db)["w0"].heartbeat_at > beat else None, timeout=10, what="a heartbeat"
+        )
         assert later["w0"].started_at == first["w0"].started_at
     finally:
         stopping.set()

@@ -3,6 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from app.api.deps import After, JsonBody, Limit, OwnerDep, ReadSession, StateDep, WriteSession, committed
+from app.api.routes.jobs import IdemKey, check_idempotency_key
 from app.api.schemas import NetworkCreate, NetworkRead, Page
 from app.db import repositories as repo
 from app.db.models import Network
@@ -19,8 +20,21 @@ router = APIRouter(prefix="/v1/networks", tags=["networks"])
     dependencies=[JsonBody],
     summary="Define a network (an architecture)",
 )
-def create_network(body: NetworkCreate, owner: OwnerDep, session: WriteSession, st: StateDep) -> dict[str, object]:
-    row = svc.create_network(session, owner=owner, body=body.model_dump(exclude_none=True), limits=st.limits)
+def create_network(
+    body: NetworkCreate,
+    owner: OwnerDep,
+    session: WriteSession,
+    st: StateDep,
+    response: Response,
+    idempotency_key: IdemKey = None,
+) -> dict[str, object]:
+    check_idempotency_key(idempotency_key)
+    row, replayed = svc.create_network(
+        session, owner=owner, body=body.model_dump(exclude_none=True), limits=st.limits, idempotency_key=idempotency_key
+    )
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"/v1/networks/{row.id}"
     return committed(session, svc.network_view(row))
 
 
