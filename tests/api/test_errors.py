@@ -94,7 +94,11 @@ async def test_dataset_over_max_dataset_rows_is_413(template: Template, settings
 
 @pytest.mark.parametrize(
     ("method", "path", "allow"),
-    [("POST", "/ui", "GET, HEAD"), ("DELETE", "/ui/static/app.js", "GET, HEAD"), ("PUT", "/v1/jobs", "GET, HEAD, POST")],
+    [
+        ("POST", "/ui", "GET, HEAD"),
+        ("DELETE", "/ui/static/app.js", "GET, HEAD"),
+        ("PUT", "/v1/jobs", "GET, HEAD, POST"),
+    ],
 )
 async def test_405_names_the_allowed_methods_also_for_routes_outside_the_openapi_document(
     client: httpx.AsyncClient, method: str, path: str, allow: str

@@ -49,6 +49,7 @@ from app.services import resources as svc
 from app.services.dataset_codec import ParsedDataset
 from app.storage import blobs
 from tests.backends import BACKENDS, POSTGRESQL, clone, create_pg_database, drop_template, release, require_backend
+from tests.support.server import wait_until
 
 log = logging.getLogger("durability")
 
@@ -129,15 +130,7 @@ def p50_max(values: list[float]) -> str:
 
 def wait_for(condition: Callable[[], Any], *, timeout: float, what: str, interval: float = POLL) -> Any:
     """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-
+    return wait_until(condition, timeout=timeout, what=what, interval=interval)
 
 class Background(threading.Thread):
     """Runs a callable in a thread and keeps its result or exception for the test to re-raise."""

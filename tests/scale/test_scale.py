@@ -18,13 +18,12 @@ import contextlib
 import datetime as dt
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from sqlalchemy import text
 from app.db.session import Database
 from tests.backends import create_pg_database, drop_pg_database, require_pg
 from tests.scale.conftest import FIGURES
+from tests.support.server import free_port, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -72,22 +72,6 @@ def job_body(network_id: str, dataset_id: str, seed: int) -> dict[str, Any]:
 
 # --- processes -----------------------------------------------------------------------------------------------------
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(condition: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def cli(env: dict[str, str], *args: str, timeout: float = 120.0) -> str:

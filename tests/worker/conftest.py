@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from app.db.session import Database
 from app.services import resources as svc
 from app.services.dataset_codec import ParsedDataset
 from tests.backends import BACKENDS, POSTGRESQL, clone, create_pg_database, drop_template, release, require_backend
+from tests.support.server import wait_until
 
 OWNER = "worker-tests"
 LIMITS = svc.Limits(max_active_jobs=1000)
@@ -140,15 +140,7 @@ def epochs_recorded(db: Database, job_id: str) -> list[int]:
 
 def wait_for(condition: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.05) -> Any:
     """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-
+    return wait_until(condition, timeout=timeout, what=what, interval=interval)
 
 class Background(threading.Thread):
     """Runs a callable in a thread and keeps its result or exception for the test to check."""
