@@ -83,7 +83,19 @@ _SECRET = secrets.token_urlsafe(32)
 KEY = f"{_PREFIX}_{_SECRET}"
 
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
-schema.config.update(headers={"Authorization": f"Bearer {KEY}"})
+
+
+@schema.auth()
+class BearerKey:
+    """The key as an auth provider, not a fixed header: schemathesis then knows the credentials are explicit and
+    valid, and its ignored_auth check probes every operation without them and with invalid ones (a plain header
+    counts as generated auth once an operation has other header parameters, such as Idempotency-Key)."""
+
+    def get(self, case: schemathesis.Case, ctx: Any) -> str:
+        return KEY
+
+    def set(self, case: schemathesis.Case, data: str, ctx: Any) -> None:
+        case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}
 
 
 @pytest.fixture(scope="module", autouse=True)

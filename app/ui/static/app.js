@@ -356,6 +356,10 @@
           requestAnimationFrame(redraw);
         }
       },
+      /** Draw what has arrived now, not at the next animation frame (which a busy or hidden page may delay). */
+      flush() {
+        if (pending) redraw();
+      },
     };
   }
 
@@ -559,6 +563,7 @@
     };
     const onState = (state, detail) => {
       if (!ctx.alive) return;
+      if (state === "done") chart.flush();  // the curve is complete the moment the stream says so
       chartEl.dataset.stream = state;
       const text = {
         connecting: "connecting…", live: "● live", reconnecting: "reconnecting…", done: "complete", error: "unavailable",
