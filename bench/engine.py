@@ -4,9 +4,10 @@ Every framework trains the same network (ReLU hidden layers, softmax + cross-ent
 mini-batches, float32) on the same standardized data for the same number of epochs, starting from the same initial
 weights (the engine's; --own-init lets the peers use their own). The frameworks run interleaved, a few epochs each in
 turn, so that load from elsewhere hits them alike; each one's first epoch is a warm-up and its seconds per epoch is
-the median of the others. The bench also samples the machine's float32 GEMM ceiling: NumPy's own matmul GFLOP/s on
-the workload's largest layer at that batch size (forward x @ W, backward dW = x.T @ delta and dX = delta @ W.T), and
-reports how much of it training reaches, counting 6 x parameters x samples as an epoch's FLOPs.
+the median of the others. All of that is repeated for --seeds training seeds (3 by default), and the test
+accuracies compared are the means over them. The bench also samples the machine's float32 GEMM ceiling: NumPy's own
+matmul GFLOP/s on the workload's largest layer at that batch size (forward x @ W, backward dW = x.T @ delta and
+dX = delta @ W.T), and reports how much of it training reaches, counting 6 x parameters x samples as an epoch's FLOPs.
 
     .venv/bin/python bench/engine.py            # full run (a few minutes), writes bench/results/engine-*.json
     .venv/bin/python bench/engine.py --quick    # smoke run with tiny data and epochs
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import platform
 import statistics
@@ -137,9 +139,13 @@ class SklearnRunner:
                  init: Init | None = None) -> None:
         from sklearn.neural_network import MLPClassifier
 
+        # A RandomState instance, not the int seed: partial_fit re-runs check_random_state(random_state) on every
+        # call, so an int would re-seed it and shuffle every epoch into the same order (about 1 point of test accuracy
+        # lost on synth100k at batch 64); an instance carries on from call to call as one fit() would.
         self.clf = MLPClassifier(hidden_layer_sizes=hidden, activation="relu", solver="adam", alpha=0.0,
                                  batch_size=bs, learning_rate_init=LR, max_iter=epochs, shuffle=True,
-                                 random_state=seed, tol=1e-12, n_iter_no_change=10**9, early_stopping=False)
+                                 random_state=np.random.RandomState(seed), tol=1e-12, n_iter_no_change=10**9,
+                                 early_stopping=False)
         if init is not None and hasattr(self.clf, "_init_coef"):
             # sklearn has no public way to set initial weights; its first partial_fit takes each layer's from
             # _init_coef(fan_in, fan_out, dtype), so this instance's returns the engine's.
@@ -336,12 +342,17 @@ def print_header(info: dict[str, Any], args: argparse.Namespace) -> None:
                   f"layer={p['threading_layer'] or '-'}  {Path(p['filepath']).name}")
 
 
-def summarize(times: list[float], n_train: int, flops: float, ceiling: float, acc: float) -> dict[str, Any]:
-    timed = times[1:] if len(times) > 1 else times
+def summarize(runs: list[tuple[list[float], float]], n_train: int, flops: float, ceiling: float) -> dict[str, Any]:
+    """One framework over its runs (one per training seed, each (epoch seconds, test accuracy)): the median epoch
+    after each run's first (its warm-up), and the test accuracy averaged over the seeds."""
+    timed = [t for times, _ in runs for t in (times[1:] if len(times) > 1 else times)]
     sec = statistics.median(timed)
     gflops = flops / sec / 1e9
+    accs = [acc for _, acc in runs]
     return {"sec_per_epoch": sec, "samples_per_sec": n_train / sec, "gflops": gflops,
-            "ceiling_fraction": gflops / ceiling, "test_accuracy": acc, "epoch_seconds": times}
+            "ceiling_fraction": gflops / ceiling, "test_accuracy": statistics.fmean(accs),
+            "test_accuracy_per_seed": accs, "test_accuracy_sd": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            "epoch_seconds": [t for times, _ in runs for t in times]}
 
 
 class LoadMeter:
@@ -394,12 +405,28 @@ def measure(frameworks: list[str], data: dict[str, Any], hidden: tuple[int, ...]
     return {fw: (times[fw], runners[fw].accuracy()) for fw in frameworks}
 
 
+def limit_threads(n: int, *, use_torch: bool) -> None:
+    """Every BLAS and OpenMP pool in the process (NumPy's and scikit-learn's OpenBLAS, PyTorch's) to n threads,
+    for the rest of the run."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        raise SystemExit("--threads needs threadpoolctl (a development dependency)") from None
+    if use_torch and _dist_version("torch") is not None:
+        import torch  # its pools must be loaded for threadpoolctl to see them
+        torch.set_num_threads(n)
+    threadpool_limits(limits=n)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     frameworks = [f for f in FRAMEWORKS if f not in args.skip]
+    if args.threads:
+        limit_threads(args.threads, use_torch="torch" in frameworks)
     info = machine_info(use_torch="torch" in frameworks)
     print_header(info, args)
     if "torch" in frameworks and info["torch"] is None:
         frameworks.remove("torch")
+    n_seeds = args.seeds or (1 if args.quick else 3)
     results = []
     for name in args.workloads:
         w = WORKLOADS[name]
@@ -411,18 +438,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         flops = 6.0 * n_params * n_train
         for bs in w["batch_sizes"]:
             probe = GemmProbe(sizes, bs, budget=0.03 if args.quick else 0.3)
+            # The data stay those of --seed; each training seed gives every framework new initial weights (shared
+            # among them) and new shuffles, so the accuracies compared are means over as many training runs.
+            seeds = [args.seed + k for k in range(n_seeds)]
             with LoadMeter() as load:
-                measured = measure(frameworks, data, w["hidden"], bs, epochs, w["chunk"], args.seed, probe,
-                                   shared_init=not args.own_init)
+                runs = [measure(frameworks, data, w["hidden"], bs, epochs, w["chunk"], seed, probe,
+                                shared_init=not args.own_init) for seed in seeds]
             gemm = probe.result()
             entry: dict[str, Any] = {
                 "workload": name, "batch_size": bs, "layers": sizes, "params": n_params, "n_train": n_train,
-                "n_test": int(data["x_test"].shape[0]), "epochs": epochs, "timed_epochs": max(1, epochs - 1),
+                "n_test": int(data["x_test"].shape[0]), "epochs": epochs, "seeds": seeds,
+                "timed_epochs": len(seeds) * max(1, epochs - 1),
                 "flops_per_epoch": flops, "gemm": gemm, "frameworks": {}, "speedup": {},
                 "other_load": load.others,
             }
-            for fw, (times, acc) in measured.items():
-                entry["frameworks"][fw] = summarize(times, n_train, flops, gemm["ceiling_gflops"], acc)
+            for fw in frameworks:
+                entry["frameworks"][fw] = summarize([run[fw] for run in runs], n_train, flops, gemm["ceiling_gflops"])
             eng = entry["frameworks"].get("engine")
             if eng is not None:
                 for fw, r in entry["frameworks"].items():
@@ -434,12 +465,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "schema": SCHEMA, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "quick": args.quick,
         "settings": {"learning_rate": LR, "optimizer": "adam", "dtype": "float32", "activation": "relu",
                      "loss": "softmax_cross_entropy", "l2": 0.0, "shuffle": True, "seed": args.seed,
+                     "training_seeds": n_seeds, "blas_threads": args.threads,
                      "warmup_epochs": 1, "shared_init": not args.own_init,
-                     "time_per_epoch": "median over each framework's epochs after its first",
+                     "time_per_epoch": "median over each framework's epochs after its first, all seeds pooled",
+                     "test_accuracy": "mean over the training seeds (data split fixed by seed)",
                      "schedule": "frameworks interleaved in rounds of `chunk` epochs, GEMM ceiling sampled per round",
                      "flops_per_epoch": "6 * params * n_train",
                      "torch": "nn.Sequential, torch.optim.Adam defaults, one shuffled copy per epoch",
-                     "sklearn": "MLPClassifier solver=adam alpha=0, one partial_fit call per epoch"},
+                     "sklearn": "MLPClassifier solver=adam alpha=0, one partial_fit call per epoch, "
+                                "random_state a RandomState instance (a new shuffle every epoch)"},
         "machine": info, "results": results,
     }
     report["targets"] = check_targets(results)
@@ -450,39 +484,50 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def print_entry(e: dict[str, Any]) -> None:
     g = e["gemm"]
     gf = ", ".join(f"{k} {v:.0f}" for k, v in g["gflops"].items())
+    n_seeds = len(e["seeds"])
+    runs = f" x {n_seeds} training seeds" if n_seeds > 1 else ""
     print(f"\n{e['workload']} batch {e['batch_size']}: layers {e['layers']}, {e['params']:,} params, "
-          f"{e['n_train']:,} train / {e['n_test']:,} test, {e['epochs']} epochs (first is warm-up)")
+          f"{e['n_train']:,} train / {e['n_test']:,} test, {e['epochs']} epochs (first is warm-up){runs}")
     if e["other_load"] is not None:
         warn = "  << other processes competed: timings are noisy" if e["other_load"] > 0.05 else ""
         print(f"  other processes used {e['other_load']:.1%} of the machine meanwhile{warn}")
     cs = g["ceiling_samples"]
     print(f"  float32 GEMM ceiling on layer {g['layer'][0]}x{g['layer'][1]} at batch {g['batch_size']}: "
           f"{g['ceiling_gflops']:.1f} GFLOP/s ({gf}; best of {len(cs)} samples, lowest {min(cs):.0f})")
+    acc_head = "test acc (mean +- sd; per seed)" if n_seeds > 1 else "test acc"
     print(f"  {'framework':9s} {'s/epoch':>9s} {'samples/s':>11s} {'GFLOP/s':>8s} {'ceiling':>8s} "
-          f"{'test acc':>9s} {'engine speedup':>15s}")
+          f"{'engine speedup':>15s}  {acc_head}")
     for fw, r in e["frameworks"].items():
         sp = "" if fw == "engine" else f"{e['speedup'][fw]:.2f}x"
+        acc = f"{r['test_accuracy']:.2%}"
+        if n_seeds > 1:
+            per = " ".join(f"{a * 100:.2f}" for a in r["test_accuracy_per_seed"])
+            acc += f" +- {r['test_accuracy_sd'] * 100:.2f} ({per})"
         print(f"  {fw:9s} {r['sec_per_epoch']:9.4f} {r['samples_per_sec']:11,.0f} {r['gflops']:8.1f} "
-              f"{r['ceiling_fraction']:8.1%} {r['test_accuracy']:9.2%} {sp:>15s}")
+              f"{r['ceiling_fraction']:8.1%} {sp:>15s}  {acc}")
 
 
 def check_targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each target's value and whether it is met; speedups also need equal accuracy (within ACCURACY_TOLERANCE
-    points), which is reported on its own since a small test set makes it a matter of a few samples."""
+    """Each target's value and whether it is met; speedups also need equal accuracy (the test accuracies' means
+    over the training seeds within ACCURACY_TOLERANCE points), which is reported on its own since a small test set
+    makes it a matter of a few samples."""
     out = []
     for e in results:
         key = (e["workload"], e["batch_size"])
         fws = e["frameworks"]
         if "engine" not in fws:
             continue
-        acc = fws["engine"]["test_accuracy"]
+        eng, n_seeds = fws["engine"], len(e["seeds"])
         for peer, need in SPEEDUP_TARGETS.get(key, {}).items():
             if peer in fws:
-                gap = abs(acc - fws[peer]["test_accuracy"]) * 100
+                gap = abs(eng["test_accuracy"] - fws[peer]["test_accuracy"]) * 100
+                # The standard error of that difference of means: how far seed-to-seed noise alone moves it.
+                se = 100 * math.sqrt((eng["test_accuracy_sd"] ** 2 + fws[peer]["test_accuracy_sd"] ** 2) / n_seeds)
                 speed_met = e["speedup"][peer] >= need
                 out.append({"workload": key[0], "batch_size": key[1], "what": f"speedup vs {peer}",
                             "value": e["speedup"][peer], "target": need, "speed_met": speed_met,
-                            "accuracy_gap_points": gap, "one_test_sample_points": 100 / e["n_test"],
+                            "accuracy_gap_points": gap, "accuracy_seeds": n_seeds, "accuracy_gap_se_points": se,
+                            "one_test_sample_points": 100 / e["n_test"],
                             "met": speed_met and gap <= ACCURACY_TOLERANCE})
         if key in CEILING_TARGETS:
             frac = fws["engine"]["ceiling_fraction"]
@@ -494,7 +539,7 @@ def check_targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def print_summary(results: list[dict[str, Any]], targets: list[dict[str, Any]]) -> None:
     print("\nsummary (seconds per epoch; engine speedup = peer time / engine time)")
     print(f"  {'workload':10s} {'batch':>5s} {'engine':>9s} {'sklearn':>9s} {'torch':>9s} {'vs skl':>7s} "
-          f"{'vs torch':>8s} {'ceiling':>8s} {'acc e/s/t':>20s}")
+          f"{'vs torch':>8s} {'ceiling':>8s} {'mean acc e/s/t':>20s}")
     for e in results:
         f = e["frameworks"]
 
@@ -509,7 +554,7 @@ def print_summary(results: list[dict[str, Any]], targets: list[dict[str, Any]]) 
         print(f"  {e['workload']:10s} {e['batch_size']:5d} {sec('engine')} {sec('sklearn')} {sec('torch')} "
               f"{ratio('sklearn'):>7s} {ratio('torch'):>8s} {frac:>8s} {accs:>20s}")
     if targets:
-        print(f"\ntargets (speedups also need test accuracy within {ACCURACY_TOLERANCE} points of the peer's)")
+        print(f"\ntargets (speedups also need mean test accuracy within {ACCURACY_TOLERANCE} points of the peer's)")
         for t in targets:
             if "ceiling" in t["what"]:
                 print(f"  {'MET ' if t['met'] else 'MISS'} {t['workload']}@{t['batch_size']} {t['what']}: "
@@ -519,7 +564,9 @@ def print_summary(results: list[dict[str, Any]], targets: list[dict[str, Any]]) 
             print(f"  {'MET ' if t['met'] else 'MISS'} {t['workload']}@{t['batch_size']} {t['what']}: "
                   f"{t['value']:.2f}x (target {t['target']:.1f}x: {'met' if t['speed_met'] else 'missed'}); "
                   f"accuracy gap {t['accuracy_gap_points']:.2f} pts ({'ok' if acc_ok else 'over'}; "
-                  f"one test sample = {t['one_test_sample_points']:.2f} pts)")
+                  + (f"standard error {t['accuracy_gap_se_points']:.2f} over {t['accuracy_seeds']} seeds; "
+                     if t["accuracy_seeds"] > 1 else "")
+                  + f"one test sample = {t['one_test_sample_points']:.2f} pts)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -528,7 +575,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
     p.add_argument("--epochs", type=int, default=None, help="override every workload's epochs (incl. warm-up)")
     p.add_argument("--skip", nargs="*", choices=FRAMEWORKS[1:], default=[], help="peers not to run")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="data (synth100k, train/test split) and first training seed")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="training seeds per workload and batch size (default 3, --quick 1): accuracies are their "
+                        "mean, epoch times are pooled")
+    p.add_argument("--threads", type=int, default=None,
+                   help="BLAS/OpenMP threads for every framework (threadpoolctl and torch.set_num_threads); "
+                        "default: each library's own")
     p.add_argument("--own-init", action="store_true",
                    help="peers use their own default initialization (default: all start from the engine's weights)")
     p.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")

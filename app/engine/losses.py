@@ -102,12 +102,17 @@ class SoftmaxCrossEntropy(Loss):
     fused = True
 
     def value_and_grad(self, pred: Array, y: Array, grad: Array) -> float:
-        z = pred
-        n = z.shape[0]
+        n = pred.shape[0]
+        # The training output layer is column-major: work on the transposed views, which are C-contiguous (k, n),
+        # so every operation and reduction walks memory in order and vdot needs no flattening copy.
+        if pred.flags.f_contiguous and not pred.flags.c_contiguous:
+            z, y, grad, axis = pred.T, y.T, grad.T, 0
+        else:
+            z, axis = pred, 1
         # Ufunc reduce methods directly: the same reductions as z.max / .sum without their Python wrappers.
-        np.subtract(z, np.maximum.reduce(z, axis=1, keepdims=True), out=z)
+        np.subtract(z, np.maximum.reduce(z, axis=axis, keepdims=True), out=z)
         np.exp(z, out=grad)
-        s = np.add.reduce(grad, axis=1, keepdims=True)
+        s = np.add.reduce(grad, axis=axis, keepdims=True)
         grad /= s
         total = float(np.add.reduce(np.log(s), axis=None)) - float(np.vdot(y, z))
         grad -= y

@@ -138,6 +138,12 @@ class Trainer:
         self.finished: str | None = None          # completed | early_stopping, once training is over
         self._stop = False
         self._data_epoch = -1                     # the epoch whose shuffled copy _xs/_ys hold
+        self._xs: Array | None = None
+        self._ys: Array | None = None
+        self._yt: Array | None = None             # y transposed, C-contiguous: what the shuffle takes columns of
+        self._ls: NDArray[np.intp] | None = None
+        self._yf: Array | None = None             # y column-major, when not shuffling
+        self._logits: Array | None = None         # (full batches, classes, batch size): see _run_batches
 
     # --- setup ----------------------------------------------------------------------------------------------------
 
@@ -251,16 +257,18 @@ class Trainer:
         # Targets are kept column-major (the same values): the network's output layer is stored transposed (see
         # MLP._make_workspace), and the loss reads a batch of y beside it, so both then share one memory order.
         if not self.config.shuffle:
-            if getattr(self, "_yf", None) is None:
+            if self._yf is None:
                 self._yf = np.asfortranarray(self.y)
             return self.x, self._yf, self.labels
         if self.perm is None:
             self.perm = self.rng.permutation(self.n)
         if self._data_epoch != self.epoch:
-            if not hasattr(self, "_xs"):
+            if self._xs is None:
                 self._xs, self._ys = np.empty_like(self.x), np.empty_like(self.y, order="F")
-            np.take(self.x, self.perm, axis=0, out=self._xs)
-            np.take(self.y, self.perm, axis=0, out=self._ys)
+                self._yt = np.ascontiguousarray(self.y.T)
+            # mode="clip" because the default mode="raise" buffers `out` (twice the time); perm is a permutation.
+            np.take(self.x, self.perm, axis=0, out=self._xs, mode="clip")
+            np.take(self._yt, self.perm, axis=1, out=self._ys.T, mode="clip")
             self._ls = None if self.labels is None else self.labels[self.perm]
             self._data_epoch = self.epoch
         return self._xs, self._ys, self._ls
@@ -268,51 +276,63 @@ class Trainer:
     def _run_batches(self, batch_callback: BatchCallback | None, every: int) -> bool:
         """The epoch in progress from the current batch on. False if told to stop before its end."""
         xs, ys, labels = self._shuffled()
-        net, opt, cfg, sums = self.net, self.optimizer, self.config, self.sums
+        net, opt, cfg, sums, rng = self.net, self.optimizer, self.config, self.sums, self.rng
         params, grads = net.params, net.grads
-        bs, n = self.batch_size, self.n
+        bs, n, n_batches = self.batch_size, self.n, self.n_batches
+        n_full = n // bs                          # batches of exactly bs rows; a shorter last one follows if n % bs
+        ws_full = net.workspace(bs)
         clip = cfg.clip_norm
         clip2 = None if clip is None else clip * clip
         classifier, last = self.spec.is_classifier, len(self.spec.layers) - 1
         sched = cfg.schedule
         const_lr = cfg.optimizer.learning_rate if sched.name == "constant" and sched.warmup_epochs <= 0 else None
-        # Class predictions go to a buffer batch by batch (argmax with out=) and are compared with the labels in one
-        # pass at the next boundary where sums are read (end of the run, stop, batch callback, divergence).
-        pred = None
-        if classifier and labels is not None:
-            pred = getattr(self, "_pred", None)
-            if pred is None or pred.shape[0] != n:
-                pred = self._pred = np.empty(n, dtype=np.intp)
-        counted = self.batch * bs
+        # Cross-entropy accuracy: each full batch's output layer writes its logits straight into an epoch-long
+        # buffer (the loss leaves them shifted by the row max, which keeps the argmax), and the predictions are
+        # counted against the labels in one argmax at the next boundary where sums are read (end of the run, stop,
+        # batch callback, divergence) instead of one argmax per batch.
+        logits = None
+        if labels is not None:
+            logits = self._logits
+            if logits is None:
+                logits = self._logits = np.empty((n_full, self.spec.output_dim, bs), dtype=self.dtype)
+        counted = min(self.batch, n_full)         # full batches whose predictions are in sums.correct
 
         def count_correct() -> None:
             nonlocal counted
-            upto = min(self.batch * bs, n)
-            if pred is not None and labels is not None and upto > counted:
-                sums.correct += int(np.count_nonzero(pred[counted:upto] == labels[counted:upto]))
-            counted = upto
+            upto = min(self.batch, n_full)
+            if logits is not None and labels is not None and upto > counted:
+                pred = np.argmax(logits[counted:upto], axis=1)
+                sums.correct += int(np.count_nonzero(pred == labels[counted * bs:upto * bs].reshape(-1, bs)))
+                counted = upto
 
+        train_step, opt_step, dot, isfinite = net._train_step, opt.step, np.dot, math.isfinite
+        b = self.batch
         t0 = time.perf_counter()
-        while self.batch < self.n_batches:
-            s = self.batch * bs
-            e = min(s + bs, n)
+        while b < n_batches:
+            s = b * bs
+            if b < n_full:
+                e, ws, zl = s + bs, ws_full, None if logits is None else logits[b].T
+            else:
+                e, ws, zl = n, net.workspace(n - s), None
             yb = ys[s:e]
-            loss, ws = net.train_step(xs[s:e], yb, self.rng)
-            gn2 = float(np.dot(grads, grads))
-            if not (math.isfinite(loss) and math.isfinite(gn2)):
+            loss = train_step(xs[s:e], yb, rng, ws, zl)
+            gn2 = float(dot(grads, grads))
+            if not (isfinite(loss) and isfinite(gn2)):
                 count_correct()
-                what = "the loss" if not math.isfinite(loss) else "the gradient"
-                raise DivergenceError(epoch=self.epoch + 1, batch=self.batch + 1, what=what,
+                what = "the loss" if not isfinite(loss) else "the gradient"
+                raise DivergenceError(epoch=self.epoch + 1, batch=b + 1, what=what,
                                       learning_rate=cfg.optimizer.learning_rate)
             if clip2 is not None and gn2 > clip2:
                 grads *= clip / math.sqrt(gn2)
-            opt.step(params, grads, self.lr_now() if const_lr is None else const_lr)
+            opt_step(params, grads, self.lr_now() if const_lr is None else const_lr)
             self.step += 1
-            self.batch += 1
+            b += 1
+            self.batch = b
             sums.loss += loss * (e - s)
             sums.seen += e - s
-            if pred is not None:
-                np.argmax(ws.z[last], axis=1, out=pred[s:e])
+            if logits is not None:
+                if zl is None and labels is not None:   # the short last batch: counted at once
+                    sums.correct += int(np.count_nonzero(np.argmax(ws.z[last], axis=1) == labels[s:e]))
             elif classifier:
                 sums.correct += int(np.count_nonzero((ws.z[last] > 0) == (yb > 0.5)))
             else:
@@ -325,10 +345,10 @@ class Trainer:
                 count_correct()
                 sums.seconds += time.perf_counter() - t0
                 return False
-            if batch_callback is not None and self.batch % every == 0 and self.batch < self.n_batches:
+            if batch_callback is not None and b % every == 0 and b < n_batches:
                 count_correct()
                 sums.seconds += time.perf_counter() - t0
-                if batch_callback(self.epoch + 1, self.batch) is False or self._stop:
+                if batch_callback(self.epoch + 1, b) is False or self._stop:
                     self._stop = False
                     return False
                 t0 = time.perf_counter()
@@ -498,7 +518,11 @@ class Trainer:
             trainer.best_value, trainer.best_epoch, trainer.wait = es["best_value"], es["best_epoch"], es["wait"]
             trainer.best_params = arrays.get("best_params")
             trainer.finished = meta["finished"]
-            trainer.perm = arrays.get("perm")
+            perm = arrays.get("perm")
+            if perm is not None and (perm.shape != (trainer.n,) or perm.dtype.kind not in "iu"
+                                     or not np.array_equal(np.sort(perm), np.arange(trainer.n))):
+                raise ValueError("perm is not a permutation of the training rows")
+            trainer.perm = perm
             trainer.rng.bit_generator.state = json.loads(meta["rng"])
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"invalid checkpoint: {exc}") from exc

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from app.engine import CheckpointError, NetworkSpec, TrainConfig, Trainer
+from app.engine.serialize import pack, unpack
+from app.engine.training import CHECKPOINT_FORMAT
 
 CLASSIFIER = {"input_dim": 4, "layers": [{"units": 16, "activation": "relu"}, {"units": 8, "activation": "tanh"},
                                          {"units": 3, "activation": "softmax"}], "loss": "cross_entropy"}
@@ -71,6 +73,20 @@ def test_resume_mid_epoch_is_bit_exact(data, spec, config):
     assert first.fit(batch_callback=lambda epoch, batch: (epoch, batch) != (3, 2)).stopped == "stopped"
     resumed = Trainer.from_checkpoint(first.checkpoint(), x, y)
     assert (resumed.epoch, resumed.batch) == (2, 2)
+    assert_same_run(resumed, resumed.fit(), full, full_result)
+
+
+def test_resume_mid_epoch_is_bit_exact_with_row_major_batches(rng):
+    # Batches of more than 128 rows keep the hidden layers row-major (small ones column-major, see network.py):
+    # 300 rows in batches of 140 are two row-major batches and a column-major one of 20.
+    x, y = rng.normal(size=(300, 4)), rng.integers(0, 3, 300)
+    config = {"batch_size": 140, "epochs": 4}
+    full = make(CLASSIFIER, config, x, y)
+    full_result = full.fit()
+    first = make(CLASSIFIER, config, x, y)
+    assert first.fit(batch_callback=lambda epoch, batch: (epoch, batch) != (2, 1)).stopped == "stopped"
+    resumed = Trainer.from_checkpoint(first.checkpoint(), x, y)
+    assert (resumed.epoch, resumed.batch) == (1, 1)
     assert_same_run(resumed, resumed.fit(), full, full_result)
 
 
@@ -187,6 +203,50 @@ CORRUPTIONS = {
 def test_corrupt_checkpoint_is_rejected(data, checkpoint, corrupt):
     with pytest.raises(CheckpointError):
         Trainer.from_checkpoint(corrupt(checkpoint), *data)
+
+
+def rewrite(blob, edit):
+    meta, arrays = unpack(blob, expect_format=CHECKPOINT_FORMAT)
+    edit(meta, arrays)
+    return pack(meta, arrays)
+
+
+@pytest.mark.parametrize("perm", ["repeated row", "out of range", "too short", "floats"])
+def test_checkpoint_whose_row_order_is_no_permutation_is_rejected(data, perm):
+    x, y = data
+    trainer = make(CLASSIFIER, {}, x, y)
+    trainer.fit(batch_callback=lambda epoch, batch: batch < 2)     # mid-epoch: the epoch's permutation is saved
+
+    def edit(meta, arrays):
+        p = arrays["perm"].copy()
+        if perm == "repeated row":
+            p[1] = p[0]
+        elif perm == "out of range":
+            p[0] = len(p)
+        elif perm == "too short":
+            p = p[:-1]
+        else:
+            p = p.astype(float)
+        arrays["perm"] = p
+
+    with pytest.raises(CheckpointError, match="perm"):
+        Trainer.from_checkpoint(rewrite(trainer.checkpoint(), edit), x, y)
+
+
+def test_adam_checkpoint_with_the_first_moment_itself_still_resumes(data):
+    # Checkpoints written before Adam kept m / (1 - beta1) ("m_sum") hold m as "opt.m".
+    x, y = data
+    trainer = make(CLASSIFIER, {}, x, y)
+    trainer.fit(callback=lambda record: False)
+    m_sum = trainer.optimizer.state["m_sum"].copy()
+
+    def edit(meta, arrays):
+        arrays["opt.m"] = arrays.pop("opt.m_sum") * (1 - 0.9)
+
+    resumed = Trainer.from_checkpoint(rewrite(trainer.checkpoint(), edit), x, y)
+    np.testing.assert_allclose(resumed.optimizer.state["m_sum"], m_sum, rtol=1e-6)   # float32 round trip
+    np.testing.assert_array_equal(resumed.optimizer.state["v"], trainer.optimizer.state["v"])
+    assert resumed.fit().stopped == "completed"
 
 
 def test_model_bytes_are_not_a_checkpoint(data):

@@ -5,6 +5,7 @@ import pytest
 
 from app.engine import ACTIVATIONS, LOSSES, MLP, NetworkSpec
 from app.engine.gradcheck import check_gradients, numerical_grad, relative_error
+from app.engine.network import _FEATURE_MAJOR_MAX_BATCH
 
 TOLERANCE = 1e-6
 KINKED = ("relu", "leaky_relu", "elu")   # elu is C1 but its second derivative jumps at 0
@@ -150,3 +151,29 @@ def test_gradients_with_dropout_layers_match_finite_differences(rng):
     x, y = rng.normal(size=(6, 4)), rng.normal(size=(6, 2))
     assert_away_from_kinks(net, x)
     assert check_gradients(net, x, y) < TOLERANCE
+
+
+# Training batches of up to _FEATURE_MAJOR_MAX_BATCH rows keep the hidden layers column-major, larger ones row-major:
+# both layouts must give the same gradient.
+BIG = _FEATURE_MAJOR_MAX_BATCH + 22
+
+
+@pytest.mark.parametrize("n", [6, BIG], ids=["column-major", "row-major"])
+def test_gradients_match_finite_differences_in_both_memory_layouts(rng, n):
+    net = make_net(rng, [{"units": 5, "activation": "relu"}, {"units": 4, "activation": "sigmoid"},
+                         {"units": 3, "activation": "softmax"}], "cross_entropy")
+    x = rng.normal(size=(n, 4))
+    y = np.eye(3)[rng.integers(0, 3, n)]
+    assert_away_from_kinks(net, x)
+    assert check_gradients(net, x, y) < TOLERANCE
+
+
+def test_row_major_and_column_major_batches_give_the_same_gradient(rng):
+    net = make_net(rng, [{"units": 6, "activation": "relu"}, {"units": 5, "activation": "tanh"},
+                         {"units": 3, "activation": "softmax"}], "cross_entropy")
+    x = rng.normal(size=(2 * BIG, 4))
+    y = np.eye(3)[rng.integers(0, 3, 2 * BIG)]
+    whole = net.gradient(x, y)                                          # row-major hidden buffers
+    halves = [net.gradient(x[s:s + BIG // 2], y[s:s + BIG // 2]) for s in range(0, 2 * BIG, BIG // 2)]
+    assert BIG // 2 <= _FEATURE_MAJOR_MAX_BATCH < 2 * BIG
+    np.testing.assert_allclose(whole, np.mean(halves, axis=0), rtol=1e-10, atol=1e-13)   # mean loss: equal halves

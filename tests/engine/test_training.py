@@ -184,6 +184,35 @@ def test_classifier_metrics_match_sklearn_on_the_validation_set(classifier_spec,
     assert last["metrics"]["val_accuracy"] == pytest.approx(accuracy_score(labels[60:], proba.argmax(axis=1)))
 
 
+@pytest.mark.parametrize("batch_size", [16, 30, 90])   # a short last batch; whole batches only; one batch
+def test_training_accuracy_counts_every_batch_once_across_callbacks_and_a_resume(classifier_spec, blobs,
+                                                                                   batch_size):
+    # The trainer counts correct predictions from an epoch-long logits buffer at boundaries (batch callbacks, stops,
+    # the epoch's end). Reference: the same run, its predictions counted batch by batch as each step computes them.
+    x, labels = blobs
+    config = TrainConfig.from_dict({"epochs": 4, "batch_size": batch_size, "seed": 5})
+    reference = Trainer(classifier_spec, config, x, labels)
+    step, correct = reference.net._train_step, []
+
+    def counting_step(xb, yb, rng, ws, zlast):
+        loss = step(xb, yb, rng, ws, zlast)
+        z = ws.z[-1] if zlast is None else zlast
+        correct.append(int(np.count_nonzero(z.argmax(axis=1) == yb.argmax(axis=1))))
+        return loss
+
+    reference.net._train_step = counting_step
+    reference.fit()
+    per_epoch = len(correct) // 4
+    expected = [sum(correct[e * per_epoch:(e + 1) * per_epoch]) / 90 for e in range(4)]
+
+    trainer = Trainer(classifier_spec, config, x, labels)
+    trainer.fit(batch_callback=lambda epoch, batch: (epoch, batch) != (3, 1), batch_callback_every=1)
+    resumed = Trainer.from_checkpoint(trainer.checkpoint(), x, labels)
+    history = resumed.fit(batch_callback=lambda epoch, batch: True, batch_callback_every=2).history
+    assert [r["metrics"]["accuracy"] for r in history] == expected
+    assert len({*expected}) > 1   # the accuracy moves: a check that could tell the epochs apart
+
+
 def test_binary_classifier_accuracy_is_per_output(rng):
     x = rng.normal(size=(50, 3))
     y = (x[:, :2] > 0).astype(float)   # two independent labels
