@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     webhook_retry_seconds: float = Field(default=5.0, gt=0)
     webhook_retry_max_seconds: float = Field(default=3600.0, gt=0)
     webhook_poll_seconds: float = Field(default=1.0, gt=0)
+    # Refuse webhook URLs whose host resolves to a loopback, private, link-local or reserved address (SSRF guard for
+    # deployments whose users should not reach the internal network through the workers).
+    webhook_block_private: bool = False
     checkpoint_seconds: float = Field(default=60.0, gt=0)
 
     # Limits (DESIGN.md §8): a static violation is a 422 naming the limit, a quota a 429.

@@ -8,11 +8,14 @@ all. The API never sends: a slow receiver delays nothing but its own deliveries.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import random
+import socket
 import threading
 import time
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -23,6 +26,25 @@ from app.services import webhooks
 
 log = logging.getLogger("backprop.webhooks")
 USER_AGENT = "backprop-webhooks/1"
+
+
+class BlockedAddress(Exception):
+    pass
+
+
+def blocked_address(url: str) -> None:
+    """Raise BlockedAddress if the URL's host resolves to a non-public address (BACKPROP_WEBHOOK_BLOCK_PRIVATE).
+    httpx resolves again when it connects, so this guards against misconfiguration and plain SSRF, not against a
+    DNS server that answers differently on purpose."""
+    host = urlsplit(url).hostname or ""
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise BlockedAddress(f"cannot resolve {host!r}: {exc}") from exc
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0])
+        if not address.is_global:
+            raise BlockedAddress(f"{host!r} resolves to the non-public address {address} (webhook_block_private)")
 
 
 class WebhookSender:
@@ -69,11 +91,13 @@ class WebhookSender:
         error: str | None = None
         started = time.perf_counter()
         try:
+            if s.webhook_block_private:
+                blocked_address(delivery.url)
             response = self.client.post(delivery.url, content=body, headers=headers)
             status_code = response.status_code
             if not 200 <= status_code < 300:
                 error = f"HTTP {status_code}: {response.text[:200]}"
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, BlockedAddress) as exc:
             error = f"{type(exc).__name__}: {exc}"[:500] or type(exc).__name__
         duration_ms = (time.perf_counter() - started) * 1000
         with self.db.session() as session:

@@ -186,3 +186,28 @@ def test_verify_rejects_tampering_old_timestamps_and_other_secrets():
     assert not webhooks.verify("whsec_a", body, signature=sig, timestamp=now + 1, now=now)
     assert not webhooks.verify("whsec_a", body, signature=sig, timestamp=now, now=now + 301)
     assert not webhooks.verify("whsec_a", body, signature=sig, timestamp="soon", now=now)
+
+
+async def test_block_private_refuses_loopback_receivers(
+    client: httpx.AsyncClient, api: Api, settings: Settings, db: Database
+):
+    with Receiver() as receiver:
+        job_id = await cancelled_job_with_hook(client, api, receiver.url)
+        guarded = sender_settings(settings, webhook_max_attempts=1).model_copy(update={"webhook_block_private": True})
+        assert WebhookSender(guarded, db, worker_id="guarded").deliver_due() == 1
+        assert receiver.received == [], "nothing may reach a loopback receiver"
+    [delivery] = (await client.get(f"/v1/jobs/{job_id}")).json()["webhook_deliveries"]
+    assert delivery["status"] == "failed"
+    assert "non-public address 127.0.0.1" in delivery["attempts"][0]["error"]
+
+
+def test_block_private_lets_public_addresses_through(monkeypatch: pytest.MonkeyPatch):
+    from app.worker import webhooks as sender
+
+    def resolve(host: str, *_args: object, **_kw: object) -> list[tuple[object, ...]]:
+        return [(0, 0, 0, "", ({"public.test": "93.184.215.14", "inside.test": "10.1.2.3"}[host], 0))]
+
+    monkeypatch.setattr(sender.socket, "getaddrinfo", resolve)
+    sender.blocked_address("https://public.test/hook")  # no exception
+    with pytest.raises(sender.BlockedAddress, match="10.1.2.3"):
+        sender.blocked_address("https://inside.test/hook")
