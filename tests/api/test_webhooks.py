@@ -209,5 +209,5 @@ def test_block_private_lets_public_addresses_through(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(sender.socket, "getaddrinfo", resolve)
     sender.blocked_address("https://public.test/hook")  # no exception
-    with pytest.raises(sender.BlockedAddress, match="10.1.2.3"):
+    with pytest.raises(sender.BlockedAddress, match=r"10\.1\.2\.3"):
         sender.blocked_address("https://inside.test/hook")
