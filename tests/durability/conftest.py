@@ -635,6 +635,16 @@ class Reference:
         return float(sum(self.epoch_seconds[from_epoch:]))
 
 
+def moment_seconds(db: Database, job_id: str, reference: Reference, fraction: float, from_epoch: int) -> float:
+    """How long to wait for the seeded moment `fraction` of the way through a job's remaining epochs: the reference's
+    remaining compute, scaled by this run's pace so far against the reference's (a reference measured while the
+    machine was busier than now would otherwise put the moment after the job's end)."""
+    with db.read_session() as session:
+        ran = list(session.execute(select(EpochMetric.seconds).where(EpochMetric.job_id == job_id)).scalars())
+    pace = sum(ran) / max(1e-9, sum(reference.epoch_seconds[: len(ran)])) if ran else 1.0
+    return fraction * reference.remaining_seconds(from_epoch) * min(1.0, max(0.2, pace))
+
+
 @pytest.fixture(scope="session")
 def reference(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Reference:
     """CRASH_JOB trained uninterrupted by a worker process (BLAS on one thread, like every training child), on SQLite

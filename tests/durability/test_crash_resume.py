@@ -28,6 +28,7 @@ from tests.durability.conftest import (
     audit,
     figure,
     get_job,
+    moment_seconds,
     p50_max,
     transitions,
     wait_for,
@@ -95,7 +96,7 @@ def test_sigkilled_jobs_resume_bit_exact_from_their_checkpoint(env: Env, referen
                 timeout=30,
                 what=f"the first checkpoint of attempt {k} of job {plan.job}",
             )[0]
-            delay = fraction * reference.remaining_seconds(first["epoch"])
+            delay = moment_seconds(env.db, plan.job, reference, fraction, first["epoch"])
             time.sleep(delay)  # the seeded kill moment itself, not a wait for a condition
             now = get_job(env.db, plan.job)
             assert (now.status, now.lease_token) == ("running", token), (

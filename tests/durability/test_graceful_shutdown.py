@@ -14,9 +14,7 @@ import time
 
 import numpy as np
 import pytest
-from sqlalchemy import select
 
-from app.db.models import EpochMetric
 from tests.durability.conftest import (
     LEASE_SECONDS,
     SEED,
@@ -30,6 +28,7 @@ from tests.durability.conftest import (
     figure,
     get_job,
     group_members,
+    moment_seconds,
     transitions,
     wait_for,
 )
@@ -133,12 +132,7 @@ def _train_until(env: Env, worker: Worker, job_id: str, fraction: float, referen
         timeout=30,
         what=f"the first checkpoint of job {job_id}",
     )[0]
-    # The seeded signal moment, scaled by this run's pace against the reference's: a run faster than the reference
-    # (it was measured while the machine was busier) would otherwise finish before the moment.
-    with env.db.read_session() as session:
-        ran = list(session.execute(select(EpochMetric.seconds).where(EpochMetric.job_id == job_id)).scalars())
-    pace = sum(ran) / max(1e-9, sum(reference.epoch_seconds[: len(ran)])) if ran else 1.0
-    time.sleep(fraction * reference.remaining_seconds(first["epoch"]) * min(1.0, max(0.2, pace)))
+    time.sleep(moment_seconds(env.db, job_id, reference, fraction, first["epoch"]))  # the seeded signal moment
     assert get_job(env.db, job_id).status == "running", "the job finished before its signal moment"
     return worker.training_child()
 

@@ -26,6 +26,7 @@ from tests.durability.conftest import (
     figure,
     get_job,
     group_members,
+    moment_seconds,
     p50_max,
     pg_transaction_open,
     transitions,
@@ -57,7 +58,7 @@ def test_a_frozen_worker_past_its_lease_writes_nothing_after_the_takeover(env: E
         first = wait_for(
             lambda job_id=job_id: audit(env.db, job_id), timeout=30, what=f"the first checkpoint of job {job_id}"
         )[0]
-        time.sleep(fraction * reference.remaining_seconds(first["epoch"]))  # the seeded freeze moment
+        time.sleep(moment_seconds(env.db, job_id, reference, fraction, first["epoch"]))  # the seeded freeze moment
         child = victim.training_child()
         stopped_at = _freeze(env, victim)
         log.warning(
