@@ -48,7 +48,11 @@ WORKLOADS: dict[str, dict[str, Any]] = {
     "synth100k": {"hidden": (512, 256), "epochs": 6, "quick_epochs": 2, "chunk": 1, "batch_sizes": (64, 256),
                   "n_samples": 100_000, "quick_samples": 4_000},
 }
-PAUSE = 0.1  # seconds between frameworks
+# Between frameworks the bench waits until the process's CPU use falls below SETTLE_IDLE of one core over a
+# SETTLE_WINDOW (at most SETTLE_LIMIT seconds): after its last call each BLAS/OpenMP pool keeps its worker threads
+# spinning for a while (OpenBLAS for 2^28 cycles, about 0.1 s), and a framework that starts inside another's spin
+# shares the cores with it (measured: the engine's digits epochs ran 1.46x slower right after scikit-learn's).
+SETTLE_WINDOW, SETTLE_IDLE, SETTLE_LIMIT = 0.02, 0.1, 2.0
 
 # (workload, batch size) -> minimum engine speedup over each peer; and the GEMM-ceiling fraction targets.
 SPEEDUP_TARGETS = {
@@ -386,8 +390,9 @@ def _busy_seconds() -> float | None:
 def measure(frameworks: list[str], data: dict[str, Any], hidden: tuple[int, ...], bs: int, epochs: int,
             chunk: int, seed: int, probe: GemmProbe, *, shared_init: bool) -> dict[str, tuple[list[float], float]]:
     """Train every framework `epochs` epochs, interleaved: rounds of `chunk` epochs each (the order rotating each
-    round), a GEMM-ceiling sample before every round and a short pause between frameworks so that one's spinning
-    BLAS/OpenMP threads have gone idle before the next starts. Returns per framework (epoch seconds, accuracy)."""
+    round), a GEMM-ceiling sample before every round and, between frameworks, a wait until one's spinning
+    BLAS/OpenMP threads have gone idle before the next starts (settle). Returns per framework (epoch seconds,
+    accuracy)."""
     engine = EngineRunner(data, hidden, bs, epochs, seed)
     init = engine.init if shared_init else None
     runners = {fw: engine if fw == "engine" else RUNNERS[fw](data, hidden, bs, epochs, seed, init) for fw in frameworks}
@@ -398,11 +403,22 @@ def measure(frameworks: list[str], data: dict[str, Any], hidden: tuple[int, ...]
         k = min(chunk, epochs - done)
         probe.sample()
         for fw in order:
-            time.sleep(PAUSE)
+            settle()
             times[fw].extend(runners[fw].epoch() for _ in range(k))
         order = order[1:] + order[:1]
         done += k
     return {fw: (times[fw], runners[fw].accuracy()) for fw in frameworks}
+
+
+def settle() -> float:
+    """Wait until the other frameworks' spinning worker threads have gone idle; returns the seconds waited."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < SETTLE_LIMIT:
+        c0, w0 = time.process_time(), time.perf_counter()
+        time.sleep(SETTLE_WINDOW)
+        if time.process_time() - c0 < SETTLE_IDLE * (time.perf_counter() - w0):
+            break
+    return time.perf_counter() - t0
 
 
 def limit_threads(n: int, *, use_torch: bool) -> None:

@@ -9,6 +9,7 @@ Imports NumPy and the standard library only; knows nothing of the web, the datab
     model = trainer.model(); model.predict(x_new); Model.from_bytes(model.to_bytes())
 """
 
+from . import blas, fpenv
 from .errors import CheckpointError, DivergenceError, EngineError, SpecError
 from .model import Model
 from .network import MLP
@@ -30,6 +31,6 @@ from .training import FitResult, Trainer, prepare_targets, split_indices, train
 __all__ = [
     "ACTIVATIONS", "LOSSES", "MLP", "OPTIMIZERS", "SCHEDULES", "CheckpointError", "DivergenceError",
     "EarlyStoppingConfig", "EngineError", "FitResult", "LayerSpec", "Model", "NetworkSpec", "OptimizerConfig",
-    "ScheduleConfig", "SpecError", "TrainConfig", "Trainer", "param_count", "prepare_targets", "split_indices",
-    "train",
+    "ScheduleConfig", "SpecError", "TrainConfig", "Trainer", "blas", "fpenv", "param_count", "prepare_targets",
+    "split_indices", "train",
 ]
