@@ -3,9 +3,10 @@
 Every framework trains the same network (ReLU hidden layers, softmax + cross-entropy, Adam lr 1e-3, no L2, shuffled
 mini-batches, float32) on the same standardized data for the same number of epochs, starting from the same initial
 weights (the engine's; --own-init lets the peers use their own). The frameworks run interleaved, a few epochs each in
-turn, so that load from elsewhere hits them alike; each one's first epoch is a warm-up and its seconds per epoch is
-the median of the others. All of that is repeated for --seeds training seeds (3 by default), and the test
-accuracies compared are the means over them. The bench also samples the machine's float32 GEMM ceiling: NumPy's own
+turn, so that load from elsewhere hits them alike, each waiting for the previous one's spinning threads to go idle;
+the seconds per epoch are the median of the warm epochs (not a run's first, nor the first of a round of several).
+All of that is repeated for --seeds training seeds (3 by default), and the test accuracies compared are the means
+over them. The bench also samples the machine's float32 GEMM ceiling: NumPy's own
 matmul GFLOP/s on the workload's largest layer at that batch size (forward x @ W, backward dW = x.T @ delta and
 dX = delta @ W.T), and reports how much of it training reaches, counting 6 x parameters x samples as an epoch's FLOPs.
 
@@ -346,17 +347,18 @@ def print_header(info: dict[str, Any], args: argparse.Namespace) -> None:
                   f"layer={p['threading_layer'] or '-'}  {Path(p['filepath']).name}")
 
 
-def summarize(runs: list[tuple[list[float], float]], n_train: int, flops: float, ceiling: float) -> dict[str, Any]:
-    """One framework over its runs (one per training seed, each (epoch seconds, test accuracy)): the median epoch
-    after each run's first (its warm-up), and the test accuracy averaged over the seeds."""
-    timed = [t for times, _ in runs for t in (times[1:] if len(times) > 1 else times)]
+def summarize(runs: list[tuple[list[float], float, list[float]]], n_train: int, flops: float,
+              ceiling: float) -> dict[str, Any]:
+    """One framework over its runs (one per training seed, each (epoch seconds, test accuracy, timed epoch seconds)):
+    the median of the timed epochs, all seeds pooled, and the test accuracy averaged over the seeds."""
+    timed = [t for _, _, warm in runs for t in warm]
     sec = statistics.median(timed)
     gflops = flops / sec / 1e9
-    accs = [acc for _, acc in runs]
+    accs = [acc for _, acc, _ in runs]
     return {"sec_per_epoch": sec, "samples_per_sec": n_train / sec, "gflops": gflops,
             "ceiling_fraction": gflops / ceiling, "test_accuracy": statistics.fmean(accs),
             "test_accuracy_per_seed": accs, "test_accuracy_sd": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-            "epoch_seconds": [t for times, _ in runs for t in times]}
+            "epoch_seconds": [t for times, _, _ in runs for t in times], "timed_epochs": len(timed)}
 
 
 class LoadMeter:
@@ -388,15 +390,22 @@ def _busy_seconds() -> float | None:
 
 
 def measure(frameworks: list[str], data: dict[str, Any], hidden: tuple[int, ...], bs: int, epochs: int,
-            chunk: int, seed: int, probe: GemmProbe, *, shared_init: bool) -> dict[str, tuple[list[float], float]]:
+            chunk: int, seed: int, probe: GemmProbe, *,
+            shared_init: bool) -> dict[str, tuple[list[float], float, list[float]]]:
     """Train every framework `epochs` epochs, interleaved: rounds of `chunk` epochs each (the order rotating each
     round), a GEMM-ceiling sample before every round and, between frameworks, a wait until one's spinning
     BLAS/OpenMP threads have gone idle before the next starts (settle). Returns per framework (epoch seconds,
-    accuracy)."""
+    accuracy, timed epoch seconds).
+
+    Timed are the epochs that ran warm: not a run's first (allocation, first touch of the data), and with chunks of
+    several epochs not a round's first either. After the settle wait a framework starts on cold caches and an idle
+    core (measured: Adam's step over 185k parameters took 2x as long right after a 150 ms sleep), a start that
+    back-to-back epochs in real training do not have, and that weighs most on the shortest epochs."""
     engine = EngineRunner(data, hidden, bs, epochs, seed)
     init = engine.init if shared_init else None
     runners = {fw: engine if fw == "engine" else RUNNERS[fw](data, hidden, bs, epochs, seed, init) for fw in frameworks}
     times: dict[str, list[float]] = {fw: [] for fw in frameworks}
+    timed: dict[str, list[float]] = {fw: [] for fw in frameworks}
     order = list(frameworks)
     done = 0
     while done < epochs:
@@ -404,10 +413,15 @@ def measure(frameworks: list[str], data: dict[str, Any], hidden: tuple[int, ...]
         probe.sample()
         for fw in order:
             settle()
-            times[fw].extend(runners[fw].epoch() for _ in range(k))
+            seconds = [runners[fw].epoch() for _ in range(k)]
+            times[fw].extend(seconds)
+            timed[fw].extend(seconds[1:] if k > 1 else seconds if done > 0 else [])
         order = order[1:] + order[:1]
         done += k
-    return {fw: (times[fw], runners[fw].accuracy()) for fw in frameworks}
+    for fw in frameworks:
+        if not timed[fw]:                    # a single epoch in all (--epochs 1): time it, warm or not
+            timed[fw] = times[fw][:]
+    return {fw: (times[fw], runners[fw].accuracy(), timed[fw]) for fw in frameworks}
 
 
 def settle() -> float:
@@ -464,12 +478,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             entry: dict[str, Any] = {
                 "workload": name, "batch_size": bs, "layers": sizes, "params": n_params, "n_train": n_train,
                 "n_test": int(data["x_test"].shape[0]), "epochs": epochs, "seeds": seeds,
-                "timed_epochs": len(seeds) * max(1, epochs - 1),
                 "flops_per_epoch": flops, "gemm": gemm, "frameworks": {}, "speedup": {},
                 "other_load": load.others,
             }
             for fw in frameworks:
                 entry["frameworks"][fw] = summarize([run[fw] for run in runs], n_train, flops, gemm["ceiling_gflops"])
+            entry["timed_epochs"] = min(f["timed_epochs"] for f in entry["frameworks"].values())
             eng = entry["frameworks"].get("engine")
             if eng is not None:
                 for fw, r in entry["frameworks"].items():
@@ -483,7 +497,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      "loss": "softmax_cross_entropy", "l2": 0.0, "shuffle": True, "seed": args.seed,
                      "training_seeds": n_seeds, "blas_threads": args.threads,
                      "warmup_epochs": 1, "shared_init": not args.own_init,
-                     "time_per_epoch": "median over each framework's epochs after its first, all seeds pooled",
+                     "time_per_epoch": "median over each framework's warm epochs (not a run's first, nor a round's "
+                                       "first when a round has several), all seeds pooled",
                      "test_accuracy": "mean over the training seeds (data split fixed by seed)",
                      "schedule": "frameworks interleaved in rounds of `chunk` epochs, GEMM ceiling sampled per round",
                      "flops_per_epoch": "6 * params * n_train",
@@ -503,7 +518,8 @@ def print_entry(e: dict[str, Any]) -> None:
     n_seeds = len(e["seeds"])
     runs = f" x {n_seeds} training seeds" if n_seeds > 1 else ""
     print(f"\n{e['workload']} batch {e['batch_size']}: layers {e['layers']}, {e['params']:,} params, "
-          f"{e['n_train']:,} train / {e['n_test']:,} test, {e['epochs']} epochs (first is warm-up){runs}")
+          f"{e['n_train']:,} train / {e['n_test']:,} test, {e['epochs']} epochs{runs}, "
+          f"{e['timed_epochs']} of them timed warm (see measure)")
     if e["other_load"] is not None:
         warn = "  << other processes competed: timings are noisy" if e["other_load"] > 0.05 else ""
         print(f"  other processes used {e['other_load']:.1%} of the machine meanwhile{warn}")

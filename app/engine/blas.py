@@ -57,9 +57,13 @@ class _Blas:
 
 
 def _numpy_openblas() -> str | None:
+    paths = set()
     try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split(None, 5)[5].strip() for line in maps if line.count(" ") >= 5 and "/" in line}
+        with open("/proc/self/maps") as maps:      # address perms offset dev inode [path]
+            for line in maps:
+                fields = line.split(None, 5)
+                if len(fields) == 6 and fields[5].startswith("/"):
+                    paths.add(fields[5].strip())
     except OSError:
         return None
     found = sorted(p for p in paths if "openblas" in os.path.basename(p).lower() and ".so" in p)
