@@ -125,6 +125,11 @@ class Adam(Optimizer):
         super().__init__(cfg, n, dtype, n_weights)
         self.state["m_sum"] = np.zeros(n, dtype=dtype)     # m / (1 - beta1)
         self.state["v"] = np.zeros(n, dtype=dtype)
+        # Scalars as 0-d arrays of the network's dtype, passed with positional outs: the same values NumPy would cast
+        # Python floats to, without the per-call conversion and keyword parsing (10% of a step at 50k parameters,
+        # a third at 2k).
+        self._b1, self._b2, self._c2 = (np.array(c, dtype=dtype) for c in (cfg.beta1, cfg.beta2, 1.0 - cfg.beta2))
+        self._k1, self._k2 = np.zeros((), dtype=dtype), np.zeros((), dtype=dtype)
 
     def load_state(self, t: int, arrays: dict[str, Array]) -> None:
         if "m" in arrays and "m_sum" not in arrays:        # a checkpoint from before m_sum: m itself
@@ -141,10 +146,13 @@ class Adam(Optimizer):
             return
         # lr_t m / (sqrt(v) + eps_t) = s / (sqrt(v) k1 + k2), with m = (1 - b1) s.
         scale = lr_t * (1.0 - b1)
-        k1, k2, c2_ = 1.0 / scale, cfg.eps * c2 / scale, 1.0 - b2
+        k1, k2 = self._k1, self._k2
+        k1[()], k2[()] = 1.0 / scale, cfg.eps * c2 / scale
+        B1, B2, C2 = self._b1, self._b2, self._c2
         if self.decoupled and cfg.weight_decay:
             params[: self.n_weights] *= 1.0 - lr * cfg.weight_decay
         s_all, v_all, tmp, n = self.state["m_sum"], self.state["v"], self._tmp, self.n
+        mul, add, sqrt, div, sub = np.multiply, np.add, np.sqrt, np.divide, np.subtract
         for lo in range(0, n, _BLOCK):
             if n <= _BLOCK:
                 m, v, g, t, p = s_all, v_all, grads, tmp, params
@@ -152,17 +160,17 @@ class Adam(Optimizer):
                 hi = min(lo + _BLOCK, n)
                 m, v, g, t, p = s_all[lo:hi], v_all[lo:hi], grads[lo:hi], tmp[: hi - lo], params[lo:hi]
             # In-place multiplies by a scalar are the cheapest passes; 11 passes in all (the textbook form: 12).
-            m *= b1
-            m += g                      # s = b1 s + g
-            np.multiply(g, g, out=t)
-            t *= c2_
-            v *= b2
-            v += t                      # v = b2 v + (1 - b2) g^2
-            np.sqrt(v, out=t)
-            t *= k1
-            t += k2                     # (sqrt(v) + eps_t) / (lr_t (1 - b1))
-            np.divide(m, t, out=t)
-            p -= t
+            mul(m, B1, m)
+            add(m, g, m)                # s = b1 s + g
+            mul(g, g, t)
+            mul(t, C2, t)
+            mul(v, B2, v)
+            add(v, t, v)                # v = b2 v + (1 - b2) g^2
+            sqrt(v, t)
+            mul(t, k1, t)
+            add(t, k2, t)               # (sqrt(v) + eps_t) / (lr_t (1 - b1))
+            div(m, t, t)
+            sub(p, t, p)
 
 
 class AdamW(Adam):
