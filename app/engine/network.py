@@ -84,6 +84,7 @@ class MLP:
         self._last = n_layers - 1
         self.dropout = [layer.dropout for layer in spec.layers]
         self.loss: Loss = get_loss(spec.loss)
+        self._zero = np.zeros((), dtype=self.dtype)     # 0 as a 0-d array: no scalar conversion per call
         self.fused = self.loss.fused
         self.l2 = 0.0
         self._workspaces: dict[int, Workspace] = {}
@@ -188,15 +189,15 @@ class MLP:
 
     def _forward_train(self, x: Array, ws: Workspace, rng: np.random.Generator, zlast: Array) -> None:
         inp = x
-        dot = np.dot
+        dot, add = np.dot, np.add                   # outs passed positionally: no keyword parsing in the hot loop
         for i, w, wt, b, z, a, zero, mask, out, fm in ws.hidden:
             if fm:
-                dot(wt, inp.T, out=z.T)             # z.T = W.T @ inp.T
+                dot(wt, inp.T, z.T)                 # z.T = W.T @ inp.T
             else:
-                dot(inp, w, out=z)
-            z += b
+                dot(inp, w, z)
+            add(z, b, z)
             if zero is not None:
-                np.maximum(z, zero, out=a)          # ReLU.forward
+                np.maximum(z, zero, out=a)          # ReLU.forward (its out only by keyword)
             else:
                 self.activations[i].forward(z, a, ws.scratch[i], ws.bmask[i])
             if mask is not None:
@@ -208,8 +209,8 @@ class MLP:
             inp = out
         last = self._last
         # The output layer's buffers are column-major (see _make_workspace): z.T = W.T @ inp.T.
-        dot(self._weights_t[last], inp.T, out=zlast.T)
-        zlast += self.biases[last]
+        dot(self._weights_t[last], inp.T, zlast.T)
+        add(zlast, self.biases[last], zlast)
         if not self.fused:
             act = self.activations[last]
             act.forward(zlast, ws.a[last], ws.scratch[last], ws.bmask[last])
@@ -220,24 +221,24 @@ class MLP:
         ones = ws.ones
         if not self.fused:
             self.activations[last].backward(delta, ws.z[last], ws.a[last], ws.scratch[last], ws.bmask[last])
-        dot = np.dot
+        dot, mul, zero = np.dot, np.multiply, self._zero
         for i, inp, w, wt, wg, bg, prev, fm, mask, a, bmask in ws.backward:     # layers last .. 1
-            dot(inp.T, delta, out=wg)
-            dot(ones, delta, out=bg)
+            dot(inp.T, delta, wg)
+            dot(ones, delta, bg)
             if fm:
-                dot(w, delta.T, out=prev.T)         # prev.T = W @ delta.T
+                dot(w, delta.T, prev.T)             # prev.T = W @ delta.T
             else:
-                dot(delta, wt, out=prev)
+                dot(delta, wt, prev)
             if mask is not None:
-                prev *= mask
+                mul(prev, mask, prev)
             if bmask is not None:                   # ReLU.backward
-                np.greater(a, 0, out=bmask)
-                np.multiply(prev, bmask, out=prev)
+                np.greater(a, zero, bmask)
+                mul(prev, bmask, prev)
             else:
                 self.activations[i - 1].backward(prev, ws.z[i - 1], a, ws.scratch[i - 1], ws.bmask[i - 1])
             delta = prev
-        dot(x.T, delta, out=self.weight_grads[0])
-        dot(ones, delta, out=self.bias_grads[0])
+        dot(x.T, delta, self.weight_grads[0])
+        dot(ones, delta, self.bias_grads[0])
 
     # --- inference ------------------------------------------------------------------------------------------------
 
