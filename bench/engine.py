@@ -421,7 +421,9 @@ def measure(frameworks: list[str], data: dict[str, Any], hidden: tuple[int, ...]
     for fw in frameworks:
         if not timed[fw]:                    # a single epoch in all (--epochs 1): time it, warm or not
             timed[fw] = times[fw][:]
-    return {fw: (times[fw], runners[fw].accuracy(), timed[fw]) for fw in frameworks}
+    result = {fw: (times[fw], runners[fw].accuracy(), timed[fw]) for fw in frameworks}
+    engine.trainer.close()                  # its data-parallel helper processes, if any
+    return result
 
 
 def settle() -> float:

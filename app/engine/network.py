@@ -9,6 +9,7 @@ Training runs on a `Workspace` of buffers preallocated per batch size, so a trai
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,32 +63,16 @@ class MLP:
         n_layers = len(spec.layers)
         self.n_weights = sum(sizes[i] * sizes[i + 1] for i in range(n_layers))
         self.n_params = self.n_weights + sum(sizes[1:])
-        self.params: Array = np.zeros(self.n_params, dtype=self.dtype)
-        self.grads: Array = np.zeros(self.n_params, dtype=self.dtype)
-        self.weights: list[Array] = []
-        self.biases: list[Array] = []
-        self.weight_grads: list[Array] = []
-        self.bias_grads: list[Array] = []
-        w_off, b_off = 0, self.n_weights
-        for i in range(n_layers):
-            n_in, n_out = sizes[i], sizes[i + 1]
-            self.weights.append(self.params[w_off:w_off + n_in * n_out].reshape(n_in, n_out))
-            self.weight_grads.append(self.grads[w_off:w_off + n_in * n_out].reshape(n_in, n_out))
-            self.biases.append(self.params[b_off:b_off + n_out])
-            self.bias_grads.append(self.grads[b_off:b_off + n_out])
-            w_off += n_in * n_out
-            b_off += n_out
+        self._bind(np.zeros(self.n_params, dtype=self.dtype), np.zeros(self.n_params, dtype=self.dtype))
         self.activations: list[Activation] = [get_activation(layer.activation) for layer in spec.layers]
         # The hot loop runs ReLU inline (the same ufuncs as ReLU.forward/backward, without the calls around them).
         self._relu = [type(act) is ReLU for act in self.activations]
-        self._weights_t = [w.T for w in self.weights]
         self._last = n_layers - 1
         self.dropout = [layer.dropout for layer in spec.layers]
         self.loss: Loss = get_loss(spec.loss)
         self._zero = np.zeros((), dtype=self.dtype)     # 0 as a 0-d array: no scalar conversion per call
         self.fused = self.loss.fused
         self.l2 = 0.0
-        self._workspaces: dict[int, Workspace] = {}
         if params is not None:
             self.set_params(params)
         else:
@@ -95,6 +80,38 @@ class MLP:
                 raise ValueError("an MLP needs either params or an rng to initialize them")
             for i, layer in enumerate(spec.layers):
                 self.weights[i][...] = initialize(layer.initializer(), sizes[i], sizes[i + 1], rng)
+
+    def _bind(self, params: Array, grads: Array) -> None:
+        """Use these flat buffers for the parameters and gradients: every layer's arrays become views into them."""
+        sizes = self.sizes
+        self.params, self.grads = params, grads
+        self.weights: list[Array] = []
+        self.biases: list[Array] = []
+        self.weight_grads: list[Array] = []
+        self.bias_grads: list[Array] = []
+        w_off, b_off = 0, self.n_weights
+        for i in range(len(sizes) - 1):
+            n_in, n_out = sizes[i], sizes[i + 1]
+            self.weights.append(params[w_off:w_off + n_in * n_out].reshape(n_in, n_out))
+            self.weight_grads.append(grads[w_off:w_off + n_in * n_out].reshape(n_in, n_out))
+            self.biases.append(params[b_off:b_off + n_out])
+            self.bias_grads.append(grads[b_off:b_off + n_out])
+            w_off += n_in * n_out
+            b_off += n_out
+        self._weights_t = [w.T for w in self.weights]
+        self._workspaces: dict[int, Workspace] = {}
+
+    def share(self, params: Array, grads: Array) -> None:
+        """Move the parameters into `params` (values copied) and compute gradients into `grads`: flat buffers of
+        n_params, in shared memory for data-parallel training (parallel.py)."""
+        params[...] = self.params
+        self._bind(params, grads)
+
+    def replica(self, grads: Array) -> MLP:
+        """A network reading this one's parameters (the same buffer) that computes its gradients into `grads`."""
+        twin = copy.copy(self)
+        twin._bind(self.params, grads)
+        return twin
 
     # --- parameters -----------------------------------------------------------------------------------------------
 
@@ -169,23 +186,31 @@ class MLP:
         ws = self.workspace(x.shape[0])
         return self._train_step(x, y, rng, ws, None), ws
 
-    def _train_step(self, x: Array, y: Array, rng: np.random.Generator, ws: Workspace, zlast: Array | None) -> float:
+    def _train_step(self, x: Array, y: Array, rng: np.random.Generator, ws: Workspace, zlast: Array | None,
+                    grad_scale: float = 1.0, l2: bool = True) -> float:
         """train_step on a workspace of x's batch size. `zlast`, when given, replaces the output layer's z buffer
         (same shape and memory order; fused losses only): the trainer points it into an epoch-long logits buffer,
-        so the shifted logits the loss leaves there are ready for the accuracy count without a copy."""
+        so the shifted logits the loss leaves there are ready for the accuracy count without a copy. `grad_scale`
+        multiplies dL/d(output) (a replica's share of a split batch); `l2=False` leaves the penalty's gradient out
+        (the data-parallel step adds it once, to the summed gradient)."""
         last = self._last
         if zlast is None:
             zlast = ws.z[last]
         self._forward_train(x, ws, rng, zlast)
         loss = self.loss.value_and_grad(zlast if self.fused else ws.a[last], y, ws.delta[last])
+        if grad_scale != 1.0:
+            ws.delta[last] *= grad_scale
         self._backward(x, ws)
-        if self.l2:
+        if self.l2 and l2:
             self.add_l2_grad()
         return loss
 
-    def add_l2_grad(self) -> None:
-        g, w = self.grads[: self.n_weights], self.params[: self.n_weights]
-        g += self.l2 * w
+    def add_l2_grad(self, lo: int = 0, hi: int | None = None) -> None:
+        """grads += l2 * params over the weights within [lo, hi) (biases are not decayed)."""
+        hi = min(self.n_weights if hi is None else hi, self.n_weights)
+        if lo < hi:
+            g, w = self.grads[lo:hi], self.params[lo:hi]
+            g += self.l2 * w
 
     def _forward_train(self, x: Array, ws: Workspace, rng: np.random.Generator, zlast: Array) -> None:
         inp = x

@@ -17,6 +17,7 @@ The coupled L2 penalty of the other optimizers lives in the network's gradient (
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -42,18 +43,36 @@ class Optimizer:
         self.n = n
         self.n_weights = n_weights
         self.t = 0
+        self.lr = 0.0
         self.state: dict[str, Array] = {}
         self._tmp = np.empty(min(n, _BLOCK), dtype=dtype)
 
     def step(self, params: Array, grads: Array, lr: float) -> None:
-        self.t += 1
-        self._step(params, grads, lr)
+        self.begin(lr)
+        self.update(params, grads, 0, self.n, self._tmp)
 
-    def _step(self, params: Array, grads: Array, lr: float) -> None:
+    def begin(self, lr: float) -> None:
+        """Start step t + 1 at learning rate lr: `update` then applies it to any ranges of the parameters."""
+        self.t += 1
+        self.lr = lr
+
+    def update(self, params: Array, grads: Array, lo: int, hi: int, tmp: Array) -> None:
+        """Apply the step begun by `begin` to params[lo:hi] from grads[lo:hi]. `tmp`: scratch of min(hi - lo,
+        BLOCK) floats. Elementwise: updating a vector range by range gives the same bits as all at once, so
+        data-parallel replicas (parallel.py) each update their own range."""
+        for s in range(lo, hi, _BLOCK):
+            e = min(s + _BLOCK, hi)
+            self._update(params[s:e], grads[s:e], s, e, tmp[: e - s])
+
+    def _update(self, p: Array, g: Array, lo: int, hi: int, t: Array) -> None:
         raise NotImplementedError
 
-    def _blocks(self) -> range:
-        return range(0, self.n, _BLOCK)
+    def share(self, alloc: Callable[[int], Array]) -> None:
+        """Move the state into buffers from `alloc(n)` (shared memory: see parallel.py)."""
+        for key, arr in self.state.items():
+            buf = alloc(arr.size)
+            buf[...] = arr
+            self.state[key] = buf
 
     def state_arrays(self) -> dict[str, Array]:
         return dict(self.state)
@@ -67,13 +86,9 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    def _step(self, params: Array, grads: Array, lr: float) -> None:
-        tmp = self._tmp
-        for s in self._blocks():
-            e = min(s + _BLOCK, self.n)
-            t = tmp[: e - s]
-            np.multiply(grads[s:e], lr, out=t)
-            params[s:e] -= t
+    def _update(self, p: Array, g: Array, lo: int, hi: int, t: Array) -> None:
+        np.multiply(g, self.lr, out=t)
+        p -= t
 
 
 class Momentum(Optimizer):
@@ -81,21 +96,18 @@ class Momentum(Optimizer):
         super().__init__(cfg, n, dtype, n_weights)
         self.state["velocity"] = np.zeros(n, dtype=dtype)
 
-    def _step(self, params: Array, grads: Array, lr: float) -> None:
-        mu = self.cfg.momentum
-        vel, tmp = self.state["velocity"], self._tmp
-        for s in self._blocks():
-            e = min(s + _BLOCK, self.n)
-            v, g, t = vel[s:e], grads[s:e], tmp[: e - s]
-            v *= mu
-            v += g
-            if self.cfg.nesterov:
-                np.multiply(v, mu, out=t)
-                t += g
-                t *= lr
-            else:
-                np.multiply(v, lr, out=t)
-            params[s:e] -= t
+    def _update(self, p: Array, g: Array, lo: int, hi: int, t: Array) -> None:
+        mu, lr = self.cfg.momentum, self.lr
+        v = self.state["velocity"][lo:hi]
+        v *= mu
+        v += g
+        if self.cfg.nesterov:
+            np.multiply(v, mu, out=t)
+            t += g
+            t *= lr
+        else:
+            np.multiply(v, lr, out=t)
+        p -= t
 
 
 class RMSprop(Optimizer):
@@ -103,21 +115,18 @@ class RMSprop(Optimizer):
         super().__init__(cfg, n, dtype, n_weights)
         self.state["square_avg"] = np.zeros(n, dtype=dtype)
 
-    def _step(self, params: Array, grads: Array, lr: float) -> None:
-        rho, eps = self.cfg.rho, self.cfg.eps
-        sq, tmp = self.state["square_avg"], self._tmp
-        for s in self._blocks():
-            e = min(s + _BLOCK, self.n)
-            v, g, t = sq[s:e], grads[s:e], tmp[: e - s]
-            np.multiply(g, g, out=t)
-            t -= v
-            t *= 1.0 - rho
-            v += t                      # v = rho v + (1 - rho) g^2
-            np.sqrt(v, out=t)
-            t *= 1.0 / lr
-            t += eps / lr
-            np.divide(g, t, out=t)      # lr g / (sqrt(v) + eps)
-            params[s:e] -= t
+    def _update(self, p: Array, g: Array, lo: int, hi: int, t: Array) -> None:
+        rho, eps, lr = self.cfg.rho, self.cfg.eps, self.lr
+        v = self.state["square_avg"][lo:hi]
+        np.multiply(g, g, out=t)
+        t -= v
+        t *= 1.0 - rho
+        v += t                          # v = rho v + (1 - rho) g^2
+        np.sqrt(v, out=t)
+        t *= 1.0 / lr
+        t += eps / lr
+        np.divide(g, t, out=t)          # lr g / (sqrt(v) + eps)
+        p -= t
 
 
 class Adam(Optimizer):
@@ -130,6 +139,7 @@ class Adam(Optimizer):
         # a third at 2k).
         self._b1, self._b2, self._c2 = (np.array(c, dtype=dtype) for c in (cfg.beta1, cfg.beta2, 1.0 - cfg.beta2))
         self._k1, self._k2 = np.zeros((), dtype=dtype), np.zeros((), dtype=dtype)
+        self._skip, self._decay = True, None
 
     def load_state(self, t: int, arrays: dict[str, Array]) -> None:
         if "m" in arrays and "m_sum" not in arrays:        # a checkpoint from before m_sum: m itself
@@ -137,40 +147,51 @@ class Adam(Optimizer):
             arrays["m_sum"] = np.asarray(arrays.pop("m")) / (1.0 - self.cfg.beta1)
         super().load_state(t, arrays)
 
-    def _step(self, params: Array, grads: Array, lr: float) -> None:
+    def begin(self, lr: float) -> None:
+        super().begin(lr)
         cfg, t_ = self.cfg, self.t
         b1, b2 = cfg.beta1, cfg.beta2
         c2 = math.sqrt(1.0 - b2**t_)
         lr_t = lr * c2 / (1.0 - b1**t_)
-        if lr_t == 0.0:
+        self._skip = lr_t == 0.0
+        if self._skip:
             return
         # lr_t m / (sqrt(v) + eps_t) = s / (sqrt(v) k1 + k2), with m = (1 - b1) s.
         scale = lr_t * (1.0 - b1)
-        k1, k2 = self._k1, self._k2
-        k1[()], k2[()] = 1.0 / scale, cfg.eps * c2 / scale
-        B1, B2, C2 = self._b1, self._b2, self._c2
-        if self.decoupled and cfg.weight_decay:
-            params[: self.n_weights] *= 1.0 - lr * cfg.weight_decay
-        s_all, v_all, tmp, n = self.state["m_sum"], self.state["v"], self._tmp, self.n
-        mul, add, sqrt, div, sub = np.multiply, np.add, np.sqrt, np.divide, np.subtract
-        for lo in range(0, n, _BLOCK):
-            if n <= _BLOCK:
-                m, v, g, t, p = s_all, v_all, grads, tmp, params
+        self._k1[()], self._k2[()] = 1.0 / scale, cfg.eps * c2 / scale
+        self._decay = 1.0 - lr * cfg.weight_decay if self.decoupled and cfg.weight_decay else None
+
+    def update(self, params: Array, grads: Array, lo: int, hi: int, tmp: Array) -> None:
+        if self._skip:
+            return
+        if self._decay is not None and lo < self.n_weights:
+            params[lo:min(hi, self.n_weights)] *= self._decay
+        if hi - lo <= _BLOCK:                   # one block: no slicing of the whole-vector case
+            if lo == 0 and hi == self.n:
+                self._update(params, grads, 0, hi, tmp[:hi])
             else:
-                hi = min(lo + _BLOCK, n)
-                m, v, g, t, p = s_all[lo:hi], v_all[lo:hi], grads[lo:hi], tmp[: hi - lo], params[lo:hi]
-            # In-place multiplies by a scalar are the cheapest passes; 11 passes in all (the textbook form: 12).
-            mul(m, B1, m)
-            add(m, g, m)                # s = b1 s + g
-            mul(g, g, t)
-            mul(t, C2, t)
-            mul(v, B2, v)
-            add(v, t, v)                # v = b2 v + (1 - b2) g^2
-            sqrt(v, t)
-            mul(t, k1, t)
-            add(t, k2, t)               # (sqrt(v) + eps_t) / (lr_t (1 - b1))
-            div(m, t, t)
-            sub(p, t, p)
+                self._update(params[lo:hi], grads[lo:hi], lo, hi, tmp[: hi - lo])
+        else:
+            super().update(params, grads, lo, hi, tmp)
+
+    def _update(self, p: Array, g: Array, lo: int, hi: int, t: Array) -> None:
+        m, v = self.state["m_sum"], self.state["v"]
+        if hi - lo != self.n:
+            m, v = m[lo:hi], v[lo:hi]
+        mul, add, sqrt, div, sub = np.multiply, np.add, np.sqrt, np.divide, np.subtract
+        B1, B2, C2, k1, k2 = self._b1, self._b2, self._c2, self._k1, self._k2
+        # In-place multiplies by a scalar are the cheapest passes; 11 passes in all (the textbook form: 12).
+        mul(m, B1, m)
+        add(m, g, m)                # s = b1 s + g
+        mul(g, g, t)
+        mul(t, C2, t)
+        mul(v, B2, v)
+        add(v, t, v)                # v = b2 v + (1 - b2) g^2
+        sqrt(v, t)
+        mul(t, k1, t)
+        add(t, k2, t)               # (sqrt(v) + eps_t) / (lr_t (1 - b1))
+        div(m, t, t)
+        sub(p, t, p)
 
 
 class AdamW(Adam):

@@ -27,6 +27,7 @@ from .fpenv import flush_denormals, keep_denormals
 from .model import Model
 from .network import MLP
 from .optimizers import make_optimizer
+from .parallel import MAX_REPLICAS, Split, _Diverged, can_fork_replicas, cpus
 from .schedules import learning_rate
 from .serialize import pack, unpack
 from .spec import NetworkSpec, TrainConfig
@@ -116,7 +117,10 @@ def split_indices(n: int, fraction: float, rng: np.random.Generator) -> tuple[ND
 
 class Trainer:
     def __init__(self, spec: NetworkSpec, config: TrainConfig, x: Any, y: Any, *, x_val: Any = None,
-                 y_val: Any = None) -> None:
+                 y_val: Any = None, replicas: int | None = None, processes: int | None = None) -> None:
+        """`replicas`: how many ways each batch is split across data-parallel replicas (parallel.py; None: chosen
+        by `_default_replicas`); `processes`: how many processes may run them (None: one per replica where this
+        host can, else 1). The replicas decide the result (bit for bit), the processes only the speed."""
         self.spec, self.config = spec, config
         self.dtype = np.dtype(config.dtype)
         self.rng = np.random.default_rng(config.seed)
@@ -146,6 +150,50 @@ class Trainer:
         self._ls: NDArray[np.intp] | None = None
         self._yf: Array | None = None             # y column-major, when not shuffling
         self._logits: Array | None = None         # (full batches, classes, batch size): see _run_batches
+        for name, value in (("replicas", replicas), ("processes", processes)):
+            if value is not None and not 1 <= value <= MAX_REPLICAS:
+                raise SpecError(name, f"must be from 1 to {MAX_REPLICAS}, got {value}")
+        if replicas is not None and replicas > 1 and any(layer.dropout for layer in spec.layers):
+            raise SpecError("replicas", "must be 1 for a network with dropout (its masks are drawn in order)")
+        self.processes = processes
+        self.replicas = replicas if replicas is not None else self._default_replicas(processes)
+        self._split: Split | None = None
+
+    # --- data parallelism -----------------------------------------------------------------------------------------
+
+    def _default_replicas(self, processes: int | None) -> int:
+        """How many ways each batch is split (parallel.py). The result of training depends on it (by rounding), so
+        a checkpoint keeps it. 1 with dropout (its masks come from the one Generator in order); otherwise
+        `processes`, or by default 2 when this host lets two processes run here, the batch has at least 32 rows
+        and a step is big enough (batch x weights >= 2^20: a tiny network's step is shorter than the handshakes)."""
+        if any(layer.dropout for layer in self.spec.layers):
+            return 1
+        if processes is not None:
+            return processes
+        if (can_fork_replicas() and cpus() >= 2 and self.batch_size >= 32
+                and self.batch_size * self.net.n_weights >= 1 << 20):
+            return 2
+        return 1
+
+    def _get_split(self) -> Split:
+        if self._split is None or self._split.closed:
+            wanted = min(self.processes or self.replicas, self.replicas)
+            procs = wanted if can_fork_replicas() and cpus() >= 2 else 1
+            self._split = Split(self, self.replicas, procs)
+        return self._split
+
+    def close(self) -> None:
+        """Stop the helper processes of data-parallel training, if any (also done when the trainer is garbage
+        collected, and at exit). The trainer stays usable: a later fit() starts them again."""
+        if self._split is not None:
+            self._split.close()
+            self._split = None
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # --- setup ----------------------------------------------------------------------------------------------------
 
@@ -252,8 +300,14 @@ class Trainer:
                     self._finish("completed")
                     break
                 # fpenv: subnormal Adam moments cost 20-30x per operation; blas: small GEMMs run faster on 1 thread.
-                with flush_denormals(), limit_threads(step_threads(self.batch_size, self.net.n_weights)):
-                    done = self._run_batches(inner, every)
+                if self.replicas > 1:
+                    split = self._get_split()
+                    threads = 1 if split.parallel else step_threads(self.batch_size, self.net.n_weights)
+                    with flush_denormals(), limit_threads(threads), split.active():
+                        done = self._run_split(split, inner, every)
+                else:
+                    with flush_denormals(), limit_threads(step_threads(self.batch_size, self.net.n_weights)):
+                        done = self._run_batches(inner, every)
                 if not done:
                     return self._result("stopped")
                 record = self._end_epoch()
@@ -264,6 +318,8 @@ class Trainer:
         return self._result(self.finished or "completed")
 
     def _shuffled(self) -> tuple[Array, Array, NDArray[np.intp] | None]:
+        if self._split is not None:
+            return self._shuffled_shared(self._split)
         # Targets are kept column-major (the same values): the network's output layer is stored transposed (see
         # MLP._make_workspace), and the loss reads a batch of y beside it, so both then share one memory order.
         if not self.config.shuffle:
@@ -282,6 +338,62 @@ class Trainer:
             self._ls = None if self.labels is None else self.labels[self.perm]
             self._data_epoch = self.epoch
         return self._xs, self._ys, self._ls
+
+    def _shuffled_shared(self, split: Split) -> tuple[Array, Array, NDArray[np.intp] | None]:
+        """The epoch's rows in the split's shared buffers (its helper processes read them there)."""
+        if self._data_epoch != self.epoch or self._xs is not split.xs:
+            if self.config.shuffle and self.perm is None:
+                self.perm = self.rng.permutation(self.n)
+            if self.perm is None:
+                split.xs[...] = self.x
+                split.ys[...] = self.y
+            else:
+                np.take(self.x, self.perm, axis=0, out=split.xs, mode="clip")
+                np.take(np.ascontiguousarray(self.y.T), self.perm, axis=1, out=split.ys.T, mode="clip")
+            self._xs, self._ys, self._data_epoch = split.xs, split.ys, self.epoch
+        return split.xs, split.ys, None
+
+    def _run_split(self, split: Split, batch_callback: BatchCallback | None, every: int) -> bool:
+        """_run_batches for replicas > 1: every step through `split` (parallel.py)."""
+        self._shuffled_shared(split)
+        cfg, sums, k = self.config, self.sums, self.spec.output_dim
+        bs, n, n_batches = self.batch_size, self.n, self.n_batches
+        clip = cfg.clip_norm
+        clip2 = None if clip is None else clip * clip
+        sched = cfg.schedule
+        const_lr = cfg.optimizer.learning_rate if sched.name == "constant" and sched.warmup_epochs <= 0 else None
+        b = self.batch
+        t0 = time.perf_counter()
+        while b < n_batches:
+            s = b * bs
+            e = min(s + bs, n)
+            try:
+                loss_sum, correct, abs_err, sq_err = split.step(
+                    s, e, self.lr_now() if const_lr is None else const_lr, clip2, clip)
+            except _Diverged as exc:
+                raise DivergenceError(epoch=self.epoch + 1, batch=b + 1, what=exc.what,
+                                      learning_rate=cfg.optimizer.learning_rate) from None
+            self.step += 1
+            b += 1
+            self.batch = b
+            sums.loss += loss_sum
+            sums.seen += e - s
+            sums.correct += correct
+            if not self.spec.is_classifier:
+                sums.abs_err += abs_err
+                sums.sq_err = [a + v for a, v in zip(sums.sq_err or [0.0] * k, sq_err, strict=True)]
+            if self._stop:
+                self._stop = False
+                sums.seconds += time.perf_counter() - t0
+                return False
+            if batch_callback is not None and b % every == 0 and b < n_batches:
+                sums.seconds += time.perf_counter() - t0
+                if batch_callback(self.epoch + 1, b) is False or self._stop:
+                    self._stop = False
+                    return False
+                t0 = time.perf_counter()
+        sums.seconds += time.perf_counter() - t0
+        return True
 
     def _run_batches(self, batch_callback: BatchCallback | None, every: int) -> bool:
         """The epoch in progress from the current batch on. False if told to stop before its end."""
@@ -494,6 +606,7 @@ class Trainer:
             "early_stopping": {"best_value": self.best_value, "best_epoch": self.best_epoch, "wait": self.wait},
             "finished": self.finished,
             "rng": json.dumps(self.rng.bit_generator.state),
+            "replicas": self.replicas,
         }
         arrays: dict[str, NDArray[Any]] = {"params": self.net.params}
         for key, arr in self.optimizer.state_arrays().items():
@@ -505,15 +618,21 @@ class Trainer:
         return pack(meta, arrays)
 
     @classmethod
-    def from_checkpoint(cls, data: bytes, x: Any, y: Any, *, x_val: Any = None, y_val: Any = None) -> Trainer:
-        """Rebuild a trainer from `checkpoint()` bytes and the same data it was trained on."""
+    def from_checkpoint(cls, data: bytes, x: Any, y: Any, *, x_val: Any = None, y_val: Any = None,
+                        processes: int | None = None) -> Trainer:
+        """Rebuild a trainer from `checkpoint()` bytes and the same data it was trained on. It goes on with the
+        checkpoint's batch split (`replicas`), in as many processes as `processes` and the host allow."""
         meta, arrays = unpack(data, expect_format=CHECKPOINT_FORMAT)
         try:
             spec = NetworkSpec.from_dict(meta["spec"])
             config = TrainConfig.from_dict(meta["config"])
         except (KeyError, SpecError) as exc:
             raise CheckpointError(f"invalid checkpoint: {exc}") from exc
-        trainer = cls(spec, config, x, y, x_val=x_val, y_val=y_val)
+        replicas = meta.get("replicas", 1)
+        if not isinstance(replicas, int) or not 1 <= replicas <= MAX_REPLICAS or (
+                replicas > 1 and any(layer.dropout for layer in spec.layers)):
+            raise CheckpointError(f"invalid checkpoint: replicas {replicas!r}")
+        trainer = cls(spec, config, x, y, x_val=x_val, y_val=y_val, replicas=replicas, processes=processes)
         if meta.get("fingerprint") != trainer.fingerprint:
             raise CheckpointError("the checkpoint was written for different training data")
         try:

@@ -1,0 +1,403 @@
+"""Data-parallel training steps: each batch split by rows across R replicas of the network, on R cores.
+
+NumPy runs one core per call (and a small GEMM gains little from a second BLAS thread), while Python threads
+cannot share the work: a handful of microseconds of NumPy per call and the GIL between calls serialize them. So the
+replicas are processes. The trainer's process is replica 0 and forks R - 1 helpers that share, through anonymous
+shared memory, the parameters, the optimizer's moments, every replica's gradient buffer, the epoch's shuffled data
+and a small control block. A step:
+
+1. every replica runs forward and backward over its rows of the batch (rows [s + (e-s) j / R, s + (e-s) (j+1) / R)),
+   its dL/d(output) scaled by its share of the rows, into its own gradient buffer;
+2. every replica sums the R gradients over its own slice of the parameter vector (into replica 0's buffer), adds
+   the L2 penalty there, and reports that slice's squared norm;
+3. replica 0 checks the loss and the norm (divergence, clipping) and publishes the decision;
+4. every replica applies the optimizer step to its own slice (optimizer updates are elementwise).
+
+The replicas wait for each other by spinning on counters in the control block (a step of a small network takes
+0.1-1 ms; waking a sleeping process takes 20-50 us): between fits the helpers sleep on a pipe. Results depend on R
+(the gradient is summed from R partial sums), never on where the replicas run: `processes=1` runs the same R-way
+split in one process, one replica after the other, with the same bits (resuming an R-way checkpoint on a one-core
+host stays exact). The trainer uses it for networks without dropout (the masks come from the trainer's one
+Generator); see Trainer for when.
+
+Helpers are forked (Linux; the control block relies on x86-64's ordering of stores, so elsewhere the split runs in
+one process), die with the trainer's process (PR_SET_PDEATHSIG, and the pipe's end of file), ignore SIGINT (the
+trainer stops them), and never return into the caller's code: they leave through os._exit.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import mmap
+import os
+import platform
+import signal
+import sys
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from . import blas, fpenv
+from .optimizers import _BLOCK
+
+if TYPE_CHECKING:
+    from .training import Trainer
+
+Array = NDArray[np.floating[Any]]
+
+# Control block, int64 slots: what replica 0 publishes, then per replica the step it has finished phases of.
+_SEQ, _CMD, _ROW_S, _ROW_E, _OPT_T, _DECIDED, _ABORT, _HEADER = 0, 1, 2, 3, 4, 5, 6, 8
+_STEP, _PARK = 1, 2
+# Float64 slots per replica: its loss sum, correct count, |err| sum, squared gradient norm of its slice, then the
+# squared error per output; slot 0 of replica 0's row also carries the step's learning rate and clip scale.
+_LOSS, _CORRECT, _ABS, _GN2, _SQ = 0, 1, 2, 3, 4
+_SPIN_BEFORE_YIELD = 2000
+MAX_REPLICAS = 64        # spins (~0.1 ms) before each further spin also yields the core
+
+
+def cpus() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def can_fork_replicas() -> bool:
+    """Helper processes work here: Linux (fork, anonymous shared memory) on x86-64 (ordered stores)."""
+    return sys.platform == "linux" and platform.machine() in ("x86_64", "AMD64") and hasattr(os, "fork")
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)      # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class _Arena:
+    """Arrays in anonymous shared memory (MAP_SHARED): a fork()ed child sees the same pages."""
+
+    def __init__(self) -> None:
+        self.maps: list[mmap.mmap] = []
+
+    def array(self, shape: int | tuple[int, ...], dtype: Any, order: str = "C") -> NDArray[Any]:
+        dt = np.dtype(dtype)
+        count = int(np.prod(shape))
+        buf = mmap.mmap(-1, max(1, count * dt.itemsize))
+        self.maps.append(buf)
+        return np.ndarray(shape, dtype=dt, buffer=buf, order=order)
+
+
+_LIVE_WFDS: set[int] = set()     # every live Split's pipe ends: a new helper closes the ones it inherits
+
+
+def _shutdown(pids: list[int], wfds: list[int], state: dict[str, bool]) -> None:
+    """Stop the helpers: a closed pipe wakes a sleeping helper into its exit; one that does not go is killed (at
+    once when a step was cut short: its helpers are spinning in the middle of it)."""
+    for fd in wfds:
+        _LIVE_WFDS.discard(fd)
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    for pid in pids:
+        for _ in range(0 if state["busy"] else 200):     # up to ~1 s each
+            try:
+                done, _status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if done:
+                break
+            time.sleep(0.005)
+        else:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+
+
+class Split:
+    """A trainer's R-way data-parallel step (R >= 2), run by `processes` processes (1: all in this one)."""
+
+    def __init__(self, trainer: Trainer, replicas: int, processes: int) -> None:
+        self.trainer = trainer
+        self.R = R = replicas
+        self.parallel = processes > 1
+        net, opt = trainer.net, trainer.optimizer
+        n, dt, k = net.n_params, trainer.dtype, trainer.spec.output_dim
+        arena = self.arena = _Arena()
+        net.share(arena.array(n, dt), arena.array(n, dt))
+        opt.share(lambda size: arena.array(size, dt))
+        self.nets = [net, *(net.replica(arena.array(n, dt)) for _ in range(R - 1))]
+        # Each replica's slice of the parameters, cut at multiples of 16 floats (64-byte cache lines).
+        cuts = [min(n, (n * j // R) // 16 * 16) for j in range(R)] + [n]
+        self.slices = [(cuts[j], cuts[j + 1]) for j in range(R)]
+        self.tmps = [np.empty(max(1, min(hi - lo, _BLOCK)), dtype=dt) for lo, hi in self.slices]
+        self.width = _SQ + k
+        self.ctl = arena.array(_HEADER + 3 * R, np.int64)
+        self.val = arena.array((R + 1, self.width), np.float64)
+        # The epoch's data, shared: the trainer shuffles into these.
+        self.xs = arena.array(trainer.x.shape, dt)
+        self.ys = arena.array(trainer.y.shape, dt, order="F")
+        self.seq = 0
+        self.state = {"busy": False}        # a step in progress (shared with the finalizer)
+        self.closed = False
+        self.pids: list[int] = []
+        self.wfds: list[int] = []
+        self._finalizer: Any = None
+        if self.parallel:
+            self._fork(processes)
+
+    # --- helper processes -------------------------------------------------------------------------------------
+
+    def _fork(self, processes: int) -> None:
+        helpers = min(processes, self.R) - 1
+        # Replicas 1..R-1 go round-robin to the helpers; replica 0's process also runs the ones left to it.
+        self.owner = [0] + [1 + (j - 1) % helpers for j in range(1, self.R)]
+        pipes = [os.pipe() for _ in range(helpers)]
+        parent = os.getpid()
+        for h in range(helpers):
+            pid = os.fork()
+            if pid == 0:                            # the helper: never returns
+                code = 1
+                try:
+                    _die_with_parent()
+                    signal.signal(signal.SIGINT, signal.SIG_IGN)
+                    rfd = pipes[h][0]
+                    for i, (r, w) in enumerate(pipes):
+                        if i != h:
+                            os.close(r)
+                        os.close(w)
+                    for fd in _LIVE_WFDS:           # other trainers' helpers must see their pipes close
+                        try:
+                            os.close(fd)
+                        except OSError:
+                            pass
+                    if os.getppid() != parent:
+                        os._exit(0)
+                    self._helper(h + 1, rfd)
+                    code = 0
+                finally:
+                    os._exit(code)
+            self.pids.append(pid)
+        for r, w in pipes:
+            os.close(r)
+            self.wfds.append(w)
+            _LIVE_WFDS.add(w)
+        self._finalizer = weakref.finalize(self, _shutdown, list(self.pids), list(self.wfds), self.state)
+
+    def _helper(self, h: int, rfd: int) -> None:
+        mine = [j for j in range(1, self.R) if self.owner[j] == h]
+        b = blas._get()
+        if b.set_fn is not None:
+            b.set_fn(1)
+        ctl = self.ctl
+        seq = 0
+        with fpenv.flush_denormals(), np.errstate(all="ignore"):
+            while True:
+                if not os.read(rfd, 1):             # parked; end of file: the trainer is gone or closed us
+                    return
+                while True:
+                    seq += 1
+                    self._spin(_SEQ, seq, None)
+                    if ctl[_CMD] == _PARK:
+                        for j in mine:              # acknowledged: the trainer may reuse the control block
+                            ctl[_HEADER + 2 * self.R + j] = seq
+                        break
+                    for j in mine:
+                        self._phase1(j)
+                        ctl[_HEADER + j] = seq
+                    self._wait_all(_HEADER, seq, None)
+                    for j in mine:
+                        self._phase2(j)
+                        ctl[_HEADER + self.R + j] = seq
+                    self._spin(_DECIDED, seq, None)
+                    for j in mine:
+                        if not ctl[_ABORT]:
+                            self._phase3(j)
+                        ctl[_HEADER + 2 * self.R + j] = seq
+
+    def _spin(self, slot: int, seq: int, check: Callable[[], None] | None) -> None:
+        ctl, spins = self.ctl, 0
+        while ctl[slot] < seq:
+            spins += 1
+            if spins > _SPIN_BEFORE_YIELD:
+                os.sched_yield()                    # a busy host: give the core to whoever we wait for
+                if check is not None and spins % 1024 == 0:
+                    check()
+
+    def _wait_all(self, base: int, seq: int, check: Callable[[], None] | None) -> None:
+        for j in range(self.R):
+            self._spin(base + j, seq, check)
+
+    def _check_helpers(self) -> None:
+        for pid in self.pids:
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, 0
+            if done:
+                self.pids.remove(pid)
+                raise RuntimeError(f"a training helper process (pid {pid}) died (wait status {status}); "
+                                   "training cannot go on in parallel")
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """Helpers spin for steps within the block and sleep outside it."""
+        if not self.parallel:
+            yield
+            return
+        if len(self.pids) != len(self.wfds):
+            raise RuntimeError("a training helper process died earlier; this trainer cannot train in parallel")
+        for fd in self.wfds:
+            os.write(fd, b"w")
+        try:
+            yield
+        finally:
+            if self.state["busy"]:              # a step cut short (an exception in this process): helpers are out of
+                self.close()                    # step with us, so they go; the trainer starts new ones if asked
+            else:
+                self.ctl[_CMD] = _PARK
+                self.seq += 1
+                self.ctl[_SEQ] = self.seq
+                self.ctl[_HEADER + 2 * self.R] = self.seq
+                self._wait_all(_HEADER + 2 * self.R, self.seq, self._check_helpers)
+
+    def close(self) -> None:
+        self.closed = True
+        if self._finalizer is not None:
+            self._finalizer()
+
+    # --- a step -----------------------------------------------------------------------------------------------
+
+    def step(self, s: int, e: int, lr: float, clip2: float | None, clip: float | None) -> tuple[float, int, float,
+                                                                                                  list[float]]:
+        """One optimizer step on rows [s, e) of the shared epoch data. Returns (loss sum over the rows, correct
+        count, |err| sum, squared error per output); raises _Diverged(what) with nothing updated."""
+        ctl, val, R = self.ctl, self.val, self.R
+        self.state["busy"] = True
+        self.seq += 1
+        seq = self.seq
+        ctl[_ROW_S], ctl[_ROW_E], ctl[_OPT_T] = s, e, self.trainer.optimizer.t
+        val[R, 0] = lr
+        check = self._check_helpers if self.parallel else None
+        if self.parallel:
+            ctl[_CMD] = _STEP
+            ctl[_SEQ] = seq
+            self._phase1(0)
+            ctl[_HEADER] = seq
+            for j in range(1, R):
+                if self.owner[j] == 0:
+                    self._phase1(j)
+                    ctl[_HEADER + j] = seq
+            self._wait_all(_HEADER, seq, check)
+            self._phase2(0)
+            ctl[_HEADER + R] = seq
+            for j in range(1, R):
+                if self.owner[j] == 0:
+                    self._phase2(j)
+                    ctl[_HEADER + R + j] = seq
+            self._wait_all(_HEADER + R, seq, check)
+        else:
+            for j in range(R):
+                self._phase1(j)
+            for j in range(R):
+                self._phase2(j)
+        loss = float(val[:R, _LOSS].sum())
+        gn2 = float(val[:R, _GN2].sum())
+        what = None if math.isfinite(loss) else "the loss"
+        if what is None and not math.isfinite(gn2):
+            what = "the gradient"
+        scale = clip / math.sqrt(gn2) if what is None and clip2 is not None and gn2 > clip2 else 1.0
+        val[R, 1] = scale
+        ctl[_ABORT] = what is not None
+        ctl[_DECIDED] = seq
+        if what is None:
+            if not self.parallel:
+                for j in range(R):
+                    self._phase3(j)
+            else:
+                self._phase3(0)
+                for j in range(1, R):
+                    if self.owner[j] == 0:
+                        self._phase3(j)
+                        ctl[_HEADER + 2 * R + j] = seq
+        if self.parallel:
+            ctl[_HEADER + 2 * R] = seq
+            self._wait_all(_HEADER + 2 * R, seq, check)
+        else:
+            self.trainer.optimizer.t = int(ctl[_OPT_T]) + (what is None)
+        self.state["busy"] = False
+        if what is not None:
+            raise _Diverged(what)
+        if self.parallel:
+            self.trainer.optimizer.t = int(ctl[_OPT_T]) + 1
+        sums = val[:R].sum(axis=0)
+        return loss, int(sums[_CORRECT]), float(sums[_ABS]), [float(v) for v in sums[_SQ:]]
+
+    def _rows(self, j: int) -> tuple[int, int]:
+        s, e, R = int(self.ctl[_ROW_S]), int(self.ctl[_ROW_E]), self.R
+        return s + (e - s) * j // R, s + (e - s) * (j + 1) // R
+
+    def _phase1(self, j: int) -> None:
+        """Forward and backward over replica j's rows into its gradient buffer; its partial sums into val[j]."""
+        tr, net, out = self.trainer, self.nets[j], self.val[j]
+        lo, hi = self._rows(j)
+        out[:] = 0.0
+        if hi <= lo:
+            net.grads[...] = 0.0
+            return
+        rows = hi - lo
+        total = int(self.ctl[_ROW_E] - self.ctl[_ROW_S])
+        ws = net.workspace(rows)
+        yb = self.ys[lo:hi]
+        loss = net._train_step(self.xs[lo:hi], yb, tr.rng, ws, None, rows / total, False)
+        out[_LOSS] = loss * rows
+        spec, last = tr.spec, net._last
+        if spec.is_classifier:
+            z = ws.z[last]
+            if spec.loss == "cross_entropy":
+                out[_CORRECT] = np.count_nonzero(np.argmax(z, axis=1) == np.argmax(yb, axis=1))
+            else:
+                out[_CORRECT] = np.count_nonzero((z > 0) == (yb > 0.5))
+        else:
+            err = ws.a[last] - yb
+            out[_ABS] = float(np.abs(err).sum())
+            out[_SQ:] = (err * err).sum(axis=0, dtype=np.float64)
+
+    def _phase2(self, j: int) -> None:
+        """Sum the replicas' gradients over replica j's slice into replica 0's buffer, add L2, note the norm."""
+        lo, hi = self.slices[j]
+        g = self.nets[0].grads[lo:hi]
+        for other in self.nets[1:]:
+            np.add(g, other.grads[lo:hi], g)
+        net0 = self.nets[0]
+        if net0.l2:
+            net0.add_l2_grad(lo, hi)
+        self.val[j, _GN2] = float(np.dot(g, g))
+
+    def _phase3(self, j: int) -> None:
+        """The optimizer step on replica j's slice."""
+        lo, hi = self.slices[j]
+        net0, opt = self.nets[0], self.trainer.optimizer
+        scale = float(self.val[self.R, 1])
+        if scale != 1.0:
+            net0.grads[lo:hi] *= scale
+        opt.t = int(self.ctl[_OPT_T])
+        opt.begin(float(self.val[self.R, 0]))
+        opt.update(net0.params, net0.grads, lo, hi, self.tmps[j])
+
+
+class _Diverged(Exception):
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
