@@ -52,8 +52,11 @@ if TYPE_CHECKING:
 Array = NDArray[np.floating[Any]]
 
 # Control block, int64 slots: what replica 0 publishes, then per replica the step it has finished phases of.
-_SEQ, _CMD, _ROW_S, _ROW_E, _OPT_T, _DECIDED, _ABORT, _HEADER = 0, 1, 2, 3, 4, 5, 6, 8
-_STEP, _PARK = 1, 2
+_SEQ, _ROW_S, _ROW_E, _OPT_T, _HEADER = 0, 1, 2, 3, 8
+# A helper waiting for the next step spins this long before it sleeps on its pipe (setting its sleep flag): long
+# enough to carry it over the trainer's work between steps and between fit() calls (an epoch's end, a callback),
+# short enough to give the core back soon when training stops. OpenBLAS's idle threads spin ~0.1 s the same way.
+_GRACE_SECONDS = 0.02
 # Float64 slots per replica: its loss sum, correct count, |err| sum, squared gradient norm of its slice, then the
 # squared error per output; slot 0 of replica 0's row also carries the step's learning rate and clip scale.
 _LOSS, _CORRECT, _ABS, _GN2, _SQ = 0, 1, 2, 3, 4
@@ -143,11 +146,15 @@ class Split:
         self.slices = [(cuts[j], cuts[j + 1]) for j in range(R)]
         self.tmps = [np.empty(max(1, min(hi - lo, _BLOCK)), dtype=dt) for lo, hi in self.slices]
         self.width = _SQ + k
-        self.ctl = arena.array(_HEADER + 3 * R, np.int64)
-        self.val = arena.array((R + 1, self.width), np.float64)
+        # Scalars go through memoryviews: an item read or write is a third of a NumPy scalar's cost.
+        self.ctl = memoryview(arena.array(_HEADER + 4 * R, np.int64))    # + per replica 3 flags, per helper sleep
+        self.vals = arena.array((R + 1, self.width), np.float64)
+        self.val = memoryview(self.vals.reshape(-1))
+        self.lr_at, self.clip_at = R * self.width, R * self.width + 1
         # The epoch's data, shared: the trainer shuffles into these.
         self.xs = arena.array(trainer.x.shape, dt)
         self.ys = arena.array(trainer.y.shape, dt, order="F")
+        self.labels = arena.array(trainer.n, np.intp) if trainer.labels is not None else None
         self.seq = 0
         self.state = {"busy": False}        # a step in progress (shared with the finalizer)
         self.closed = False
@@ -204,27 +211,43 @@ class Split:
         seq = 0
         with fpenv.flush_denormals(), np.errstate(all="ignore"):
             while True:
-                if not os.read(rfd, 1):             # parked; end of file: the trainer is gone or closed us
-                    return
-                while True:
-                    seq += 1
-                    self._spin(_SEQ, seq, None)
-                    if ctl[_CMD] == _PARK:
-                        for j in mine:              # acknowledged: the trainer may reuse the control block
-                            ctl[_HEADER + 2 * self.R + j] = seq
-                        break
-                    for j in mine:
-                        self._phase1(j)
-                        ctl[_HEADER + j] = seq
-                    self._wait_all(_HEADER, seq, None)
-                    for j in mine:
-                        self._phase2(j)
-                        ctl[_HEADER + self.R + j] = seq
-                    self._spin(_DECIDED, seq, None)
-                    for j in mine:
-                        if not ctl[_ABORT]:
-                            self._phase3(j)
-                        ctl[_HEADER + 2 * self.R + j] = seq
+                seq += 1
+                if not self._await_step(h, seq, rfd):
+                    return                          # end of file: the trainer closed us (or is gone)
+                for j in mine:
+                    self._phase1(j)
+                    ctl[_HEADER + j] = seq
+                self._wait_all(_HEADER, seq, None)
+                for j in mine:
+                    self._phase2(j)
+                    ctl[_HEADER + self.R + j] = seq
+                self._wait_all(_HEADER + self.R, seq, None)
+                what, _loss, scale = self._decide()
+                for j in mine:
+                    if what is None:
+                        self._phase3(j, scale)
+                    ctl[_HEADER + 2 * self.R + j] = seq
+
+    def _await_step(self, h: int, seq: int, rfd: int) -> bool:
+        """Wait for step `seq`: spin for the grace period, then sleep on the pipe until the trainer writes to it
+        (it does when it finds the sleep flag set). False at the pipe's end of file."""
+        ctl, sleep_at = self.ctl, _HEADER + 3 * self.R + h
+        while True:
+            deadline = time.perf_counter() + _GRACE_SECONDS
+            spins = 0
+            while ctl[_SEQ] < seq:
+                spins += 1
+                if spins % 256 == 0 and time.perf_counter() > deadline:
+                    break
+            else:
+                return True
+            ctl[sleep_at] = 1
+            if ctl[_SEQ] >= seq:                    # published while we were setting the flag
+                ctl[sleep_at] = 0
+                return True
+            if not os.read(rfd, 1):
+                return False
+            ctl[sleep_at] = 0                       # then spin again: a wake-up may come early or be spurious
 
     def _spin(self, slot: int, seq: int, check: Callable[[], None] | None) -> None:
         ctl, spins = self.ctl, 0
@@ -258,19 +281,25 @@ class Split:
             return
         if len(self.pids) != len(self.wfds):
             raise RuntimeError("a training helper process died earlier; this trainer cannot train in parallel")
-        for fd in self.wfds:
-            os.write(fd, b"w")
+        self._wake()
         try:
             yield
         finally:
             if self.state["busy"]:              # a step cut short (an exception in this process): helpers are out of
                 self.close()                    # step with us, so they go; the trainer starts new ones if asked
             else:
-                self.ctl[_CMD] = _PARK
-                self.seq += 1
-                self.ctl[_SEQ] = self.seq
-                self.ctl[_HEADER + 2 * self.R] = self.seq
-                self._wait_all(_HEADER + 2 * self.R, self.seq, self._check_helpers)
+                self.sync()
+
+    def _wake(self) -> None:
+        for h, fd in enumerate(self.wfds):
+            if self.ctl[_HEADER + 3 * self.R + h + 1]:
+                os.write(fd, b"w")
+
+    def sync(self) -> None:
+        """Wait until the helpers have finished the last step's updates: before anything reads the parameters
+        or the moments (a step returns when this process's own slice is updated)."""
+        if self.parallel:
+            self._wait_all(_HEADER + 2 * self.R, self.seq, self._check_helpers)
 
     def close(self) -> None:
         self.closed = True
@@ -279,100 +308,92 @@ class Split:
 
     # --- a step -----------------------------------------------------------------------------------------------
 
-    def step(self, s: int, e: int, lr: float, clip2: float | None, clip: float | None) -> tuple[float, int, float,
-                                                                                                  list[float]]:
+    def step(self, s: int, e: int, lr: float, clip: float | None) -> tuple[float, int, float, list[float]]:
         """One optimizer step on rows [s, e) of the shared epoch data. Returns (loss sum over the rows, correct
-        count, |err| sum, squared error per output); raises _Diverged(what) with nothing updated."""
-        ctl, val, R = self.ctl, self.val, self.R
+        count, |err| sum, squared error per output) once this process's replicas are done: `sync()` waits for the
+        helpers. Raises _Diverged(what), with nothing updated, when the loss or the gradient is not finite."""
+        ctl, val, R, w = self.ctl, self.val, self.R, self.width
+        self.sync()                             # the helpers still read the last step's inputs until then
         self.state["busy"] = True
         self.seq += 1
         seq = self.seq
         ctl[_ROW_S], ctl[_ROW_E], ctl[_OPT_T] = s, e, self.trainer.optimizer.t
-        val[R, 0] = lr
-        check = self._check_helpers if self.parallel else None
+        val[self.lr_at] = lr
+        val[self.clip_at] = math.nan if clip is None else clip
         if self.parallel:
-            ctl[_CMD] = _STEP
+            check = self._check_helpers
             ctl[_SEQ] = seq
             self._phase1(0)
             ctl[_HEADER] = seq
-            for j in range(1, R):
-                if self.owner[j] == 0:
-                    self._phase1(j)
-                    ctl[_HEADER + j] = seq
             self._wait_all(_HEADER, seq, check)
             self._phase2(0)
             ctl[_HEADER + R] = seq
-            for j in range(1, R):
-                if self.owner[j] == 0:
-                    self._phase2(j)
-                    ctl[_HEADER + R + j] = seq
             self._wait_all(_HEADER + R, seq, check)
+            what, loss, scale = self._decide()
+            if what is None:
+                self._phase3(0, scale)
+            ctl[_HEADER + 2 * R] = seq
+            if what is not None:
+                self.sync()
         else:
             for j in range(R):
                 self._phase1(j)
             for j in range(R):
                 self._phase2(j)
-        loss = float(val[:R, _LOSS].sum())
-        gn2 = float(val[:R, _GN2].sum())
-        what = None if math.isfinite(loss) else "the loss"
-        if what is None and not math.isfinite(gn2):
-            what = "the gradient"
-        scale = clip / math.sqrt(gn2) if what is None and clip2 is not None and gn2 > clip2 else 1.0
-        val[R, 1] = scale
-        ctl[_ABORT] = what is not None
-        ctl[_DECIDED] = seq
-        if what is None:
-            if not self.parallel:
+            what, loss, scale = self._decide()
+            if what is None:
                 for j in range(R):
-                    self._phase3(j)
-            else:
-                self._phase3(0)
-                for j in range(1, R):
-                    if self.owner[j] == 0:
-                        self._phase3(j)
-                        ctl[_HEADER + 2 * R + j] = seq
-        if self.parallel:
-            ctl[_HEADER + 2 * R] = seq
-            self._wait_all(_HEADER + 2 * R, seq, check)
-        else:
-            self.trainer.optimizer.t = int(ctl[_OPT_T]) + (what is None)
+                    self._phase3(j, scale)
+        self.trainer.optimizer.t = ctl[_OPT_T] + (what is None)
         self.state["busy"] = False
         if what is not None:
             raise _Diverged(what)
-        if self.parallel:
-            self.trainer.optimizer.t = int(ctl[_OPT_T]) + 1
-        sums = val[:R].sum(axis=0)
-        return loss, int(sums[_CORRECT]), float(sums[_ABS]), [float(v) for v in sums[_SQ:]]
+        correct = int(math.fsum(val[j * w + _CORRECT] for j in range(R)))
+        if self.trainer.spec.is_classifier:
+            return loss, correct, 0.0, []
+        sums = self.vals[:R].sum(axis=0)
+        return loss, correct, float(sums[_ABS]), [float(v) for v in sums[_SQ:]]
+
+    def _decide(self) -> tuple[str | None, float, float]:
+        """(what diverged or None, the loss sum, the clip factor) from every replica's partial sums: each process
+        works it out alike from the shared values, so none waits for another's decision."""
+        val, w, R = self.val, self.width, self.R
+        loss = math.fsum(val[j * w + _LOSS] for j in range(R))
+        gn2 = math.fsum(val[j * w + _GN2] for j in range(R))
+        if not math.isfinite(loss):
+            return "the loss", loss, 1.0
+        if not math.isfinite(gn2):
+            return "the gradient", loss, 1.0
+        clip = val[self.clip_at]
+        return None, loss, clip / math.sqrt(gn2) if clip == clip and gn2 > clip * clip else 1.0
 
     def _rows(self, j: int) -> tuple[int, int]:
-        s, e, R = int(self.ctl[_ROW_S]), int(self.ctl[_ROW_E]), self.R
+        s, e, R = self.ctl[_ROW_S], self.ctl[_ROW_E], self.R
         return s + (e - s) * j // R, s + (e - s) * (j + 1) // R
 
     def _phase1(self, j: int) -> None:
         """Forward and backward over replica j's rows into its gradient buffer; its partial sums into val[j]."""
-        tr, net, out = self.trainer, self.nets[j], self.val[j]
+        tr, net, val, at = self.trainer, self.nets[j], self.val, j * self.width
         lo, hi = self._rows(j)
-        out[:] = 0.0
         if hi <= lo:
             net.grads[...] = 0.0
+            self.vals[j] = 0.0
             return
         rows = hi - lo
-        total = int(self.ctl[_ROW_E] - self.ctl[_ROW_S])
         ws = net.workspace(rows)
         yb = self.ys[lo:hi]
-        loss = net._train_step(self.xs[lo:hi], yb, tr.rng, ws, None, rows / total, False)
-        out[_LOSS] = loss * rows
+        loss = net._train_step(self.xs[lo:hi], yb, tr.rng, ws, None, rows / (self.ctl[_ROW_E] - self.ctl[_ROW_S]),
+                               False)
+        val[at + _LOSS] = loss * rows
         spec, last = tr.spec, net._last
-        if spec.is_classifier:
-            z = ws.z[last]
-            if spec.loss == "cross_entropy":
-                out[_CORRECT] = np.count_nonzero(np.argmax(z, axis=1) == np.argmax(yb, axis=1))
-            else:
-                out[_CORRECT] = np.count_nonzero((z > 0) == (yb > 0.5))
+        if self.labels is not None:
+            val[at + _CORRECT] = np.count_nonzero(np.argmax(ws.z[last], axis=1) == self.labels[lo:hi])
+        elif spec.is_classifier:
+            val[at + _CORRECT] = np.count_nonzero((ws.z[last] > 0) == (yb > 0.5))
         else:
             err = ws.a[last] - yb
-            out[_ABS] = float(np.abs(err).sum())
-            out[_SQ:] = (err * err).sum(axis=0, dtype=np.float64)
+            val[at + _ABS] = float(np.abs(err).sum())
+            self.vals[j, _SQ:] = (err * err).sum(axis=0, dtype=np.float64)
 
     def _phase2(self, j: int) -> None:
         """Sum the replicas' gradients over replica j's slice into replica 0's buffer, add L2, note the norm."""
@@ -383,17 +404,16 @@ class Split:
         net0 = self.nets[0]
         if net0.l2:
             net0.add_l2_grad(lo, hi)
-        self.val[j, _GN2] = float(np.dot(g, g))
+        self.val[j * self.width + _GN2] = float(np.dot(g, g))
 
-    def _phase3(self, j: int) -> None:
+    def _phase3(self, j: int, scale: float) -> None:
         """The optimizer step on replica j's slice."""
         lo, hi = self.slices[j]
         net0, opt = self.nets[0], self.trainer.optimizer
-        scale = float(self.val[self.R, 1])
         if scale != 1.0:
             net0.grads[lo:hi] *= scale
-        opt.t = int(self.ctl[_OPT_T])
-        opt.begin(float(self.val[self.R, 0]))
+        opt.t = self.ctl[_OPT_T]
+        opt.begin(self.val[self.lr_at])
         opt.update(net0.params, net0.grads, lo, hi, self.tmps[j])
 
 

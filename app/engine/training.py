@@ -350,6 +350,8 @@ class Trainer:
             else:
                 np.take(self.x, self.perm, axis=0, out=split.xs, mode="clip")
                 np.take(np.ascontiguousarray(self.y.T), self.perm, axis=1, out=split.ys.T, mode="clip")
+            if split.labels is not None and self.labels is not None:
+                split.labels[...] = self.labels if self.perm is None else self.labels[self.perm]
             self._xs, self._ys, self._data_epoch = split.xs, split.ys, self.epoch
         return split.xs, split.ys, None
 
@@ -359,7 +361,6 @@ class Trainer:
         cfg, sums, k = self.config, self.sums, self.spec.output_dim
         bs, n, n_batches = self.batch_size, self.n, self.n_batches
         clip = cfg.clip_norm
-        clip2 = None if clip is None else clip * clip
         sched = cfg.schedule
         const_lr = cfg.optimizer.learning_rate if sched.name == "constant" and sched.warmup_epochs <= 0 else None
         b = self.batch
@@ -369,7 +370,7 @@ class Trainer:
             e = min(s + bs, n)
             try:
                 loss_sum, correct, abs_err, sq_err = split.step(
-                    s, e, self.lr_now() if const_lr is None else const_lr, clip2, clip)
+                    s, e, self.lr_now() if const_lr is None else const_lr, clip)
             except _Diverged as exc:
                 raise DivergenceError(epoch=self.epoch + 1, batch=b + 1, what=exc.what,
                                       learning_rate=cfg.optimizer.learning_rate) from None
@@ -384,14 +385,17 @@ class Trainer:
                 sums.sq_err = [a + v for a, v in zip(sums.sq_err or [0.0] * k, sq_err, strict=True)]
             if self._stop:
                 self._stop = False
+                split.sync()
                 sums.seconds += time.perf_counter() - t0
                 return False
             if batch_callback is not None and b % every == 0 and b < n_batches:
+                split.sync()                    # the callback may read the parameters (a checkpoint)
                 sums.seconds += time.perf_counter() - t0
                 if batch_callback(self.epoch + 1, b) is False or self._stop:
                     self._stop = False
                     return False
                 t0 = time.perf_counter()
+        split.sync()
         sums.seconds += time.perf_counter() - t0
         return True
 
