@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     # deployments whose users should not reach the internal network through the workers).
     webhook_block_private: bool = False
     checkpoint_seconds: float = Field(default=60.0, gt=0)
+    # Processes one job trains in (data-parallel: each batch split across them). 0: two when this machine has at
+    # least two CPUs per worker slot and the network is big enough to gain, else one.
+    train_processes: int = Field(default=0, ge=0, le=64)
 
     # Limits (DESIGN.md §8): a static violation is a 422 naming the limit, a quota a 429.
     max_json_bytes: int = Field(default=32 * MiB, gt=0)

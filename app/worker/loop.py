@@ -24,6 +24,7 @@ from app.db.models import Job
 from app.db.notify import start_listener
 from app.db.session import Database, is_busy_error
 from app.domain import JobStatus
+from app.engine.parallel import cpus
 from app.worker.runner import EXIT_LEASE_LOST, RELEASE, STOP, ChildArgs, warm_main
 from app.worker.webhooks import WebhookSender
 
@@ -38,6 +39,14 @@ def _pin_blas_threads() -> None:
     """BLAS results vary with the thread count: training children run single-threaded (set before numpy loads)."""
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
+
+
+def train_processes(setting: int, workers: int) -> int | None:
+    """Processes per training job: the setting when given; else the engine's choice (two where it gains) when the
+    machine has two CPUs for each job it may train at once, else one (jobs would share the cores anyway)."""
+    if setting:
+        return setting
+    return None if cpus() >= 2 * max(1, workers) else 1
 
 
 class WarmChild:
@@ -188,6 +197,7 @@ class Supervisor:
             attempt=attempt,
             lease_seconds=s.lease_seconds,
             checkpoint_seconds=s.checkpoint_seconds,
+            processes=train_processes(s.train_processes, s.workers),
         )
         warm, self._warm = self._warm, None
         if warm is None or not warm.start(args):

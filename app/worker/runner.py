@@ -49,6 +49,7 @@ class ChildArgs:
     attempt: int
     lease_seconds: float
     checkpoint_seconds: float
+    processes: int | None = None  # training processes for the job (None: the engine's choice for this host)
     control: Any = None  # multiprocessing RawValue('i'): STOP | RELEASE bits, written by the supervisor only
     progress: Any = None  # multiprocessing Value('d'): time.time() of the last finished batch
     extra: dict[str, Any] = field(default_factory=dict)
@@ -194,13 +195,13 @@ class JobRun:
                     log.warning("job %s: checkpoint %s unreadable (%s); trying an older one", a.job_id, ck.seq, exc)
         for data in blobs_by_seq:
             try:
-                self.trainer = Trainer.from_checkpoint(data, x, y)
+                self.trainer = Trainer.from_checkpoint(data, x, y, processes=a.processes)
                 log.info("job %s: resumed at epoch %d, batch %d", a.job_id, self.trainer.epoch, self.trainer.batch)
                 break
             except CheckpointError as exc:
                 log.warning("job %s: checkpoint not usable (%s); trying an older one", a.job_id, exc)
         if self.trainer is None:
-            self.trainer = Trainer(spec, config, x, y)
+            self.trainer = Trainer(spec, config, x, y, processes=a.processes)
         self._stop_watcher()
 
     def _stop_watcher(self) -> None:
