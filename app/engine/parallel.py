@@ -34,6 +34,7 @@ import os
 import platform
 import signal
 import sys
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -62,6 +63,18 @@ _GRACE_SECONDS = 0.02
 _LOSS, _CORRECT, _ABS, _GN2, _SQ = 0, 1, 2, 3, 4
 _SPIN_BEFORE_YIELD = 2000
 MAX_REPLICAS = 64        # spins (~0.1 ms) before each further spin also yields the core
+
+
+_FENCE = threading.Lock()
+
+
+def _fence() -> None:
+    """A full memory barrier: an uncontended lock's acquire and release are atomic read-modify-writes (x86 `lock`
+    instructions), which order every store before them against every load after them. Needed where each side stores
+    its flag and then loads the other's (a helper going to sleep, the trainer publishing a step): without it both
+    loads may miss both stores, and the helper would sleep through the step."""
+    _FENCE.acquire()
+    _FENCE.release()
 
 
 def cpus() -> int:
@@ -242,10 +255,11 @@ class Split:
             else:
                 return True
             ctl[sleep_at] = 1
+            _fence()
             if ctl[_SEQ] >= seq:                    # published while we were setting the flag
                 ctl[sleep_at] = 0
                 return True
-            if not os.read(rfd, 1):
+            if not os.read(rfd, 64):                # every wake-up byte written so far; b"": end of file
                 return False
             ctl[sleep_at] = 0                       # then spin again: a wake-up may come early or be spurious
 
@@ -263,6 +277,9 @@ class Split:
             self._spin(base + j, seq, check)
 
     def _check_helpers(self) -> None:
+        """Called while the trainer waits long for a helper: a helper that died fails training; one asleep is woken
+        (a safety net: `_wake` after each publication already does)."""
+        self._wake()
         for pid in self.pids:
             try:
                 done, status = os.waitpid(pid, os.WNOHANG)
@@ -281,7 +298,6 @@ class Split:
             return
         if len(self.pids) != len(self.wfds):
             raise RuntimeError("a training helper process died earlier; this trainer cannot train in parallel")
-        self._wake()
         try:
             yield
         finally:
@@ -291,6 +307,7 @@ class Split:
                 self.sync()
 
     def _wake(self) -> None:
+        """Write to the pipe of every helper that says it sleeps (after a publication and a fence: see _fence)."""
         for h, fd in enumerate(self.wfds):
             if self.ctl[_HEADER + 3 * self.R + h + 1]:
                 os.write(fd, b"w")
@@ -323,6 +340,8 @@ class Split:
         if self.parallel:
             check = self._check_helpers
             ctl[_SEQ] = seq
+            _fence()
+            self._wake()
             self._phase1(0)
             ctl[_HEADER] = seq
             self._wait_all(_HEADER, seq, check)
