@@ -10,18 +10,23 @@ and a small control block. A step:
    its dL/d(output) scaled by its share of the rows, into its own gradient buffer;
 2. every replica sums the R gradients over its own slice of the parameter vector (into replica 0's buffer), adds
    the L2 penalty there, and reports that slice's squared norm;
-3. replica 0 checks the loss and the norm (divergence, clipping) and publishes the decision;
-4. every replica applies the optimizer step to its own slice (optimizer updates are elementwise).
+3. every replica reads all the partial sums and takes the same decision (divergence: nothing is updated and the
+   trainer raises; clipping: the factor);
+4. every replica applies the optimizer step to its own slice (optimizer updates are elementwise). The trainer's
+   process returns as soon as its own slice is done; `sync()` waits for the helpers' before anything reads the
+   parameters (the next step, a callback, a checkpoint, the end of a fit).
 
 The replicas wait for each other by spinning on counters in the control block (a step of a small network takes
-0.1-1 ms; waking a sleeping process takes 20-50 us): between fits the helpers sleep on a pipe. Results depend on R
+0.1-1 ms; waking a sleeping process takes 20-100 us). A helper waiting for the next step spins for 20 ms, then
+sets its sleep flag and sleeps on a pipe, which the trainer writes to when it publishes a step and finds the flag
+set (a memory fence on each side makes sure one of them sees the other's store). Results depend on R
 (the gradient is summed from R partial sums), never on where the replicas run: `processes=1` runs the same R-way
 split in one process, one replica after the other, with the same bits (resuming an R-way checkpoint on a one-core
 host stays exact). The trainer uses it for networks without dropout (the masks come from the trainer's one
 Generator); see Trainer for when.
 
 Helpers are forked (Linux; the control block relies on x86-64's ordering of stores, so elsewhere the split runs in
-one process), die with the trainer's process (PR_SET_PDEATHSIG, and the pipe's end of file), ignore SIGINT (the
+one process), close the pipes of other trainers' helpers they inherit, die with the trainer's process (PR_SET_PDEATHSIG, and the pipe's end of file), ignore SIGINT (the
 trainer stops them), and never return into the caller's code: they leave through os._exit.
 """
 

@@ -42,3 +42,20 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
     assert all({"workload", "batch_size", "what", "value", "target", "met"} <= t.keys() for t in report["targets"])
     assert "summary" in proc.stdout
     assert "GEMM ceiling" in proc.stdout
+
+
+@pytest.mark.timeout(120)
+def test_quick_parallel_bench_reports_and_two_way_runs_agree(tmp_path):
+    pytest.importorskip("sklearn")
+    cmd = [sys.executable, str(ROOT / "bench" / "parallel.py"), "--quick", "--workloads", "digits",
+           "--out-dir", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=100, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr     # 1 when the two two-way runs differ
+    report = json.loads((tmp_path / "parallel-latest.json").read_text())
+    assert report["schema"] == "backprop.bench.parallel/1" and report["quick"] is True
+    assert [(r["workload"], r["batch_size"]) for r in report["results"]] == [("digits", 64), ("digits", 256)]
+    for r in report["results"]:
+        assert r["two_way_bit_identical"] is True
+        assert set(r["epoch_seconds"]) == {"one-way", "two-way, 1 process", "two-way, 2 processes"}
+        assert all(t > 0 for t in r["epoch_seconds"].values())
+        assert all(n >= 1 for n in r["timed_epochs"].values())
