@@ -63,7 +63,7 @@ def measure(data: dict[str, Any], hidden: tuple[int, ...], bs: int, rounds: int,
                 for k in range(per_round):
                     t0 = time.perf_counter()
                     tr.fit(callback=lambda record: False)      # one epoch
-                    if k > 0 or per_round == 1 and r > 0:
+                    if k > 0 or (per_round == 1 and r > 0):
                         times[name].append(time.perf_counter() - t0)
         two = [trainers[n].net.params for n in VARIANTS if n.startswith("two-way")]
         same = bool(np.array_equal(two[0], two[1]))

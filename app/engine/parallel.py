@@ -26,12 +26,14 @@ host stays exact). The trainer uses it for networks without dropout (the masks c
 Generator); see Trainer for when.
 
 Helpers are forked (Linux; the control block relies on x86-64's ordering of stores, so elsewhere the split runs in
-one process), close the pipes of other trainers' helpers they inherit, die with the trainer's process (PR_SET_PDEATHSIG, and the pipe's end of file), ignore SIGINT (the
-trainer stops them), and never return into the caller's code: they leave through os._exit.
+one process), close the pipes of other trainers' helpers they inherit, die with the trainer's process
+(PR_SET_PDEATHSIG, and the pipe's end of file), ignore SIGINT (the trainer stops them), and never return into the
+caller's code: they leave through os._exit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
 import mmap
@@ -125,10 +127,8 @@ def _shutdown(pids: list[int], wfds: list[int], state: dict[str, bool]) -> None:
     once when a step was cut short: its helpers are spinning in the middle of it)."""
     for fd in wfds:
         _LIVE_WFDS.discard(fd)
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
     for pid in pids:
         for _ in range(0 if state["busy"] else 200):     # up to ~1 s each
             try:
@@ -203,10 +203,8 @@ class Split:
                             os.close(r)
                         os.close(w)
                     for fd in _LIVE_WFDS:           # other trainers' helpers must see their pipes close
-                        try:
+                        with contextlib.suppress(OSError):
                             os.close(fd)
-                        except OSError:
-                            pass
                     if os.getppid() != parent:
                         os._exit(0)
                     self._helper(h + 1, rfd)

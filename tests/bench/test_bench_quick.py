@@ -52,7 +52,8 @@ def test_quick_parallel_bench_reports_and_two_way_runs_agree(tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=100, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr     # 1 when the two two-way runs differ
     report = json.loads((tmp_path / "parallel-latest.json").read_text())
-    assert report["schema"] == "backprop.bench.parallel/1" and report["quick"] is True
+    assert report["schema"] == "backprop.bench.parallel/1"
+    assert report["quick"] is True
     assert [(r["workload"], r["batch_size"]) for r in report["results"]] == [("digits", 64), ("digits", 256)]
     for r in report["results"]:
         assert r["two_way_bit_identical"] is True

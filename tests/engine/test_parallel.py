@@ -97,11 +97,13 @@ def test_helpers_and_one_process_give_the_same_bits(kind, config):
     for processes in (1, 2):
         with make(kind, replicas=2, processes=processes, **CONFIGS[config]) as tr:
             result = tr.fit()
-            assert tr._split is not None and tr._split.parallel == (processes == 2)
+            assert tr._split is not None
+            assert tr._split.parallel == (processes == 2)
             runs.append((tr.net.params.copy(), without_seconds(result.history), result.stopped))
     (p1, h1, s1), (p2, h2, s2) = runs
     assert np.array_equal(p1, p2)
-    assert h1 == h2 and s1 == s2
+    assert h1 == h2
+    assert s1 == s2
 
 
 @needs_helpers
@@ -165,14 +167,17 @@ def test_divergence_stops_with_the_batch_and_nothing_updated():
             with pytest.raises(DivergenceError) as info:
                 tr.fit()
             err = info.value
-            assert f"epoch {err.epoch}, batch {err.batch}" in str(err) and "smaller learning_rate" in str(err)
+            assert f"epoch {err.epoch}, batch {err.batch}" in str(err)
+            assert "smaller learning_rate" in str(err)
             assert np.isfinite(tr.net.params).all()          # the failing step applied nothing
             assert tr.step == (err.epoch - 1) * 6 + err.batch - 1
             seen.append((err.epoch, err.batch, err.what, tr.net.params.copy()))
             pids = list(tr._split.pids)
-            assert all(alive(pid) for pid in pids) and len(pids) == processes - 1
-        assert wait_until(lambda: not any(alive(pid) for pid in pids))
-    assert seen[0][:3] == seen[1][:3] and np.array_equal(seen[0][3], seen[1][3])
+            assert len(pids) == processes - 1
+            assert all(alive(pid) for pid in pids)
+        assert wait_until(lambda pids=pids: not any(alive(pid) for pid in pids))
+    assert seen[0][:3] == seen[1][:3]
+    assert np.array_equal(seen[0][3], seen[1][3])
 
 
 @needs_helpers
@@ -180,7 +185,8 @@ def test_helpers_sleep_between_fits_and_stop_on_close_and_collection():
     tr = make(replicas=3, processes=3, epochs=2)
     tr.fit(callback=lambda r: False)
     pids = list(tr._split.pids)
-    assert len(pids) == 2 and all(alive(pid) for pid in pids)
+    assert len(pids) == 2
+    assert all(alive(pid) for pid in pids)
     # Parked between fits: blocked in a read, using no CPU.
     for pid in pids:
         assert wait_until(lambda pid=pid: state(pid) == "S")
@@ -188,7 +194,8 @@ def test_helpers_sleep_between_fits_and_stop_on_close_and_collection():
     assert not any(alive(pid) for pid in pids)
     tr.fit()                                          # usable after close: new helpers
     pids = list(tr._split.pids)
-    assert pids and all(alive(pid) for pid in pids)
+    assert pids
+    assert all(alive(pid) for pid in pids)
     del tr
     gc.collect()
     assert wait_until(lambda: not any(alive(pid) for pid in pids))
