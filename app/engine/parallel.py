@@ -150,7 +150,7 @@ class Split:
     """A trainer's R-way data-parallel step (R >= 2), run by `processes` processes (1: all in this one)."""
 
     def __init__(self, trainer: Trainer, replicas: int, processes: int) -> None:
-        self.trainer = trainer
+        self.trainer = weakref.proxy(trainer)    # no cycle: the helpers stop as soon as the trainer is dropped
         self.R = R = replicas
         self.parallel = processes > 1
         net, opt = trainer.net, trainer.optimizer

@@ -667,6 +667,6 @@ def train(spec: NetworkSpec | dict[str, Any], x: Any, y: Any, config: TrainConfi
     """One call: build, fit and return (model, result). kwargs go to Trainer (x_val, y_val)."""
     spec = spec if isinstance(spec, NetworkSpec) else NetworkSpec.from_dict(spec)
     config = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config or {})
-    trainer = Trainer(spec, config, x, y, **kwargs)
-    result = trainer.fit()
-    return trainer.model(), result
+    with Trainer(spec, config, x, y, **kwargs) as trainer:
+        result = trainer.fit()
+        return trainer.model(), result

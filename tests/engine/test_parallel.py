@@ -262,3 +262,17 @@ def test_checkpoints_record_the_split_and_older_ones_mean_none():
     for bad in (0, "2", 10**6):
         with pytest.raises(CheckpointError, match="replicas"):
             Trainer.from_checkpoint(pack({**meta, "replicas": bad}, arrays), x, y)
+
+
+@needs_helpers
+def test_dropping_the_trainer_stops_its_helpers_at_once():
+    tr = make(replicas=2, processes=2, epochs=1)
+    tr.fit()
+    pids = list(tr._split.pids)
+    assert all(alive(pid) for pid in pids)
+    gc.disable()                             # no reference cycle may keep them until a collection
+    try:
+        del tr
+        assert wait_until(lambda: not any(alive(pid) for pid in pids), timeout=5)
+    finally:
+        gc.enable()
