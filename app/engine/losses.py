@@ -22,8 +22,9 @@ class Loss:
     name: ClassVar[str] = ""
     fused: ClassVar[bool] = False   # True: takes logits; the output activation is folded in
 
-    def value_and_grad(self, pred: Array, y: Array, grad: Array) -> float:
-        """Mean loss; dL/dpred into `grad`. May overwrite `pred` (fused losses shift the logits)."""
+    def value_and_grad(self, pred: Array, y: Array, grad: Array, scale: float = 1.0) -> float:
+        """Mean loss; `scale` x dL/dpred into `grad` (a data-parallel replica's share of the batch, folded into the
+        pass that divides by the batch size). May overwrite `pred` (fused losses shift the logits)."""
         raise NotImplementedError
 
     def value(self, pred: Array, y: Array) -> float:
@@ -35,11 +36,11 @@ class MeanSquaredError(Loss):
 
     name = "mse"
 
-    def value_and_grad(self, pred: Array, y: Array, grad: Array) -> float:
+    def value_and_grad(self, pred: Array, y: Array, grad: Array, scale: float = 1.0) -> float:
         np.subtract(pred, y, out=grad)
         flat = grad.reshape(-1)
         loss = float(np.dot(flat, flat)) / grad.size
-        grad *= 2.0 / grad.size
+        grad *= 2.0 * scale / grad.size
         return loss
 
 
@@ -48,11 +49,11 @@ class MeanAbsoluteError(Loss):
 
     name = "mae"
 
-    def value_and_grad(self, pred: Array, y: Array, grad: Array) -> float:
+    def value_and_grad(self, pred: Array, y: Array, grad: Array, scale: float = 1.0) -> float:
         np.subtract(pred, y, out=grad)
         loss = float(np.abs(grad).sum()) / grad.size
         np.sign(grad, out=grad)
-        grad *= 1.0 / grad.size
+        grad *= scale / grad.size
         return loss
 
 
@@ -64,13 +65,13 @@ class Huber(Loss):
     name = "huber"
     delta: ClassVar[float] = 1.0
 
-    def value_and_grad(self, pred: Array, y: Array, grad: Array) -> float:
+    def value_and_grad(self, pred: Array, y: Array, grad: Array, scale: float = 1.0) -> float:
         np.subtract(pred, y, out=grad)
         a = np.abs(grad)
         quad = np.minimum(a, self.delta)
         loss = float((0.5 * quad * quad + self.delta * (a - quad)).sum()) / grad.size
         np.clip(grad, -self.delta, self.delta, out=grad)
-        grad *= 1.0 / grad.size
+        grad *= scale / grad.size
         return loss
 
 
@@ -80,7 +81,7 @@ class SigmoidBinaryCrossEntropy(Loss):
     name = "binary_cross_entropy"
     fused = True
 
-    def value_and_grad(self, pred: Array, y: Array, grad: Array) -> float:
+    def value_and_grad(self, pred: Array, y: Array, grad: Array, scale: float = 1.0) -> float:
         z = pred
         np.abs(z, out=grad)
         abs_sum = float(grad.sum())
@@ -91,7 +92,7 @@ class SigmoidBinaryCrossEntropy(Loss):
         total = float(grad.sum()) + 0.5 * (float(z.sum()) + abs_sum) - float(np.vdot(z, y))
         sigmoid(z, grad)
         grad -= y
-        grad *= 1.0 / grad.size
+        grad *= scale / grad.size
         return total / grad.size
 
 
@@ -101,7 +102,7 @@ class SoftmaxCrossEntropy(Loss):
     name = "cross_entropy"
     fused = True
 
-    def value_and_grad(self, pred: Array, y: Array, grad: Array) -> float:
+    def value_and_grad(self, pred: Array, y: Array, grad: Array, scale: float = 1.0) -> float:
         n = pred.shape[0]
         # The training output layer is column-major: work on the transposed views, which are C-contiguous (k, n),
         # so every operation and reduction walks memory in order and vdot needs no flattening copy.
@@ -118,7 +119,7 @@ class SoftmaxCrossEntropy(Loss):
         np.divide(grad, s, grad)
         total = float(np.add.reduce(np.log(s), None)) - float(np.vdot(y, z))
         sub(grad, y, grad)
-        np.multiply(grad, 1.0 / n, grad)
+        np.multiply(grad, scale / n, grad)
         return total / n
 
 

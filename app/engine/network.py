@@ -197,9 +197,7 @@ class MLP:
         if zlast is None:
             zlast = ws.z[last]
         self._forward_train(x, ws, rng, zlast)
-        loss = self.loss.value_and_grad(zlast if self.fused else ws.a[last], y, ws.delta[last])
-        if grad_scale != 1.0:
-            ws.delta[last] *= grad_scale
+        loss = self.loss.value_and_grad(zlast if self.fused else ws.a[last], y, ws.delta[last], grad_scale)
         self._backward(x, ws)
         if self.l2 and l2:
             self.add_l2_grad()

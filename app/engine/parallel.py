@@ -60,7 +60,7 @@ if TYPE_CHECKING:
 Array = NDArray[np.floating[Any]]
 
 # Control block, int64 slots: what replica 0 publishes, then per replica the step it has finished phases of.
-_SEQ, _ROW_S, _ROW_E, _OPT_T, _HEADER = 0, 1, 2, 3, 8
+_SEQ, _ROW_S, _ROW_E, _OPT_T, _COUNT_FROM, _HEADER = 0, 1, 2, 3, 4, 8
 # A helper waiting for the next step spins this long before it sleeps on its pipe (setting its sleep flag): long
 # enough to carry it over the trainer's work between steps and between fit() calls (an epoch's end, a callback),
 # short enough to give the core back soon when training stops. OpenBLAS's idle threads spin ~0.1 s the same way.
@@ -68,8 +68,8 @@ _GRACE_SECONDS = 0.02
 # Float64 slots per replica: its loss sum, correct count, |err| sum, squared gradient norm of its slice, then the
 # squared error per output; slot 0 of replica 0's row also carries the step's learning rate and clip scale.
 _LOSS, _CORRECT, _ABS, _GN2, _SQ = 0, 1, 2, 3, 4
-_SPIN_BEFORE_YIELD = 2000
-MAX_REPLICAS = 64        # spins (~0.1 ms) before each further spin also yields the core
+_SPIN_BEFORE_YIELD = 2000        # spins (~0.1 ms) before each further spin also yields the core
+MAX_REPLICAS = 64
 
 
 _FENCE = threading.Lock()
@@ -150,7 +150,6 @@ class Split:
     """A trainer's R-way data-parallel step (R >= 2), run by `processes` processes (1: all in this one)."""
 
     def __init__(self, trainer: Trainer, replicas: int, processes: int) -> None:
-        self.trainer = weakref.proxy(trainer)    # no cycle: the helpers stop as soon as the trainer is dropped
         self.R = R = replicas
         self.parallel = processes > 1
         net, opt = trainer.net, trainer.optimizer
@@ -159,6 +158,7 @@ class Split:
         net.share(arena.array(n, dt), arena.array(n, dt))
         opt.share(lambda size: arena.array(size, dt))
         self.nets = [net, *(net.replica(arena.array(n, dt)) for _ in range(R - 1))]
+        self.opt, self.rng, self.is_classifier = opt, trainer.rng, trainer.spec.is_classifier
         # Each replica's slice of the parameters, cut at multiples of 16 floats (64-byte cache lines).
         cuts = [min(n, (n * j // R) // 16 * 16) for j in range(R)] + [n]
         self.slices = [(cuts[j], cuts[j + 1]) for j in range(R)]
@@ -169,10 +169,23 @@ class Split:
         self.vals = arena.array((R + 1, self.width), np.float64)
         self.val = memoryview(self.vals.reshape(-1))
         self.lr_at, self.clip_at = R * self.width, R * self.width + 1
-        # The epoch's data, shared: the trainer shuffles into these.
-        self.xs = arena.array(trainer.x.shape, dt)
-        self.ys = arena.array(trainer.y.shape, dt, order="F")
-        self.labels = arena.array(trainer.n, np.intp) if trainer.labels is not None else None
+        # The data: every replica gathers its rows of each step from the training arrays (helpers see them through
+        # fork, read-only) by the epoch's permutation, which the trainer writes here at the start of each epoch. No
+        # shuffled copy of the data: none for the trainer's process to write at each epoch's start while the
+        # helpers wait, and none in shared memory.
+        self.x, self.yt, self.labels = trainer.x, np.ascontiguousarray(trainer.y.T), trainer.labels
+        self.perm = arena.array(trainer.n, np.intp)
+        self._batch: dict[int, tuple[Array, Array]] = {}      # rows -> x and y buffers (each process its own)
+        # Cross-entropy accuracy: in every full batch, replica j's output layer writes its logits straight into
+        # logits[j][batch] (the loss leaves them shifted by the row max, which keeps the argmax), and the
+        # predictions of many steps are counted at once: by each replica over its own in the epoch's last step,
+        # by the trainer before anything else reads the epoch's sums (`count_correct`).
+        self.bs = trainer.batch_size
+        self.n_full = trainer.n // self.bs
+        self.logits: list[Array] | None = None
+        if self.labels is not None:
+            self.logits = [arena.array((self.n_full, k, self.bs * (j + 1) // R - self.bs * j // R), dt)
+                           for j in range(R)]
         self.seq = 0
         self.state = {"busy": False}        # a step in progress (shared with the finalizer)
         self.closed = False
@@ -276,8 +289,10 @@ class Split:
                     check()
 
     def _wait_all(self, base: int, seq: int, check: Callable[[], None] | None) -> None:
+        ctl = self.ctl
         for j in range(self.R):
-            self._spin(base + j, seq, check)
+            if ctl[base + j] < seq:
+                self._spin(base + j, seq, check)
 
     def _check_helpers(self) -> None:
         """Called while the trainer waits long for a helper: a helper that died fails training; one asleep is woken
@@ -321,6 +336,22 @@ class Split:
         if self.parallel:
             self._wait_all(_HEADER + 2 * self.R, self.seq, self._check_helpers)
 
+    def count_correct(self, start: int, stop: int) -> int:
+        """Correct predictions in full batches [start, stop) of the epoch (cross-entropy; after `sync`)."""
+        return sum(self._count(j, start, stop) for j in range(self.R))
+
+    def _count(self, j: int, start: int, stop: int) -> int:
+        """Replica j's correct predictions in full batches [start, stop) of the epoch."""
+        if self.logits is None or self.labels is None or stop <= start:
+            return 0
+        bs, R = self.bs, self.R
+        lo, hi = bs * j // R, bs * (j + 1) // R
+        if hi <= lo:
+            return 0
+        rows = self.perm[: self.n_full * bs].reshape(self.n_full, bs)[start:stop, lo:hi]
+        pred = np.argmax(self.logits[j][start:stop], axis=1)
+        return int(np.count_nonzero(pred == self.labels.take(rows)))
+
     def close(self) -> None:
         self.closed = True
         if self._finalizer is not None:
@@ -328,16 +359,21 @@ class Split:
 
     # --- a step -----------------------------------------------------------------------------------------------
 
-    def step(self, s: int, e: int, lr: float, clip: float | None) -> tuple[float, int, float, list[float]]:
-        """One optimizer step on rows [s, e) of the shared epoch data. Returns (loss sum over the rows, correct
+    def step(self, s: int, e: int, lr: float, clip: float | None,
+             count_from: int = -1) -> tuple[float, int, float, list[float]]:
+        """One optimizer step on rows [s, e) of the epoch's permutation. Returns (loss sum over the rows, correct
         count, |err| sum, squared error per output) once this process's replicas are done: `sync()` waits for the
-        helpers. Raises _Diverged(what), with nothing updated, when the loss or the gradient is not finite."""
+        helpers. Raises _Diverged(what), with nothing updated, when the loss or the gradient is not finite.
+        `count_from` >= 0 (the epoch's last step): the correct count also covers full batches count_from.. of the
+        epoch (see `logits`)."""
         ctl, val, R, w = self.ctl, self.val, self.R, self.width
-        self.sync()                             # the helpers still read the last step's inputs until then
-        self.state["busy"] = True
+        if self.parallel:                       # the helpers still read the last step's inputs until then
+            self._wait_all(_HEADER + 2 * R, self.seq, self._check_helpers)
+        state = self.state
+        state["busy"] = True
         self.seq += 1
         seq = self.seq
-        ctl[_ROW_S], ctl[_ROW_E], ctl[_OPT_T] = s, e, self.trainer.optimizer.t
+        ctl[_ROW_S], ctl[_ROW_E], ctl[_OPT_T], ctl[_COUNT_FROM] = s, e, self.opt.t, count_from
         val[self.lr_at] = lr
         val[self.clip_at] = math.nan if clip is None else clip
         if self.parallel:
@@ -366,12 +402,14 @@ class Split:
             if what is None:
                 for j in range(R):
                     self._phase3(j, scale)
-        self.trainer.optimizer.t = ctl[_OPT_T] + (what is None)
-        self.state["busy"] = False
+        self.opt.t = ctl[_OPT_T] + (what is None)
+        state["busy"] = False
         if what is not None:
             raise _Diverged(what)
-        correct = int(math.fsum(val[j * w + _CORRECT] for j in range(R)))
-        if self.trainer.spec.is_classifier:
+        correct = 0
+        for j in range(R):
+            correct += int(val[j * w + _CORRECT])
+        if self.is_classifier:
             return loss, correct, 0.0, []
         sums = self.vals[:R].sum(axis=0)
         return loss, correct, float(sums[_ABS]), [float(v) for v in sums[_SQ:]]
@@ -389,28 +427,40 @@ class Split:
         clip = val[self.clip_at]
         return None, loss, clip / math.sqrt(gn2) if clip == clip and gn2 > clip * clip else 1.0
 
-    def _rows(self, j: int) -> tuple[int, int]:
-        s, e, R = self.ctl[_ROW_S], self.ctl[_ROW_E], self.R
-        return s + (e - s) * j // R, s + (e - s) * (j + 1) // R
-
     def _phase1(self, j: int) -> None:
         """Forward and backward over replica j's rows into its gradient buffer; its partial sums into val[j]."""
-        tr, net, val, at = self.trainer, self.nets[j], self.val, j * self.width
-        lo, hi = self._rows(j)
+        net, val, at, ctl = self.nets[j], self.val, j * self.width, self.ctl
+        s, e, R = ctl[_ROW_S], ctl[_ROW_E], self.R
+        total = e - s
+        lo, hi = s + total * j // R, s + total * (j + 1) // R
         if hi <= lo:
             net.grads[...] = 0.0
             self.vals[j] = 0.0
             return
         rows = hi - lo
         ws = net.workspace(rows)
-        yb = self.ys[lo:hi]
-        loss = net._train_step(self.xs[lo:hi], yb, tr.rng, ws, None, rows / (self.ctl[_ROW_E] - self.ctl[_ROW_S]),
-                               False)
+        bufs = self._batch.get(rows)
+        if bufs is None:
+            bufs = self._batch[rows] = (np.empty((rows, self.x.shape[1]), self.x.dtype),
+                                        np.empty((rows, self.yt.shape[0]), self.yt.dtype, order="F"))
+        xb, yb = bufs
+        idx = self.perm[lo:hi]
+        # mode="clip": the default "raise" buffers `out` (twice the time); idx is a permutation's slice.
+        np.take(self.x, idx, 0, xb, "clip")
+        np.take(self.yt, idx, 1, yb.T, "clip")
+        full = self.logits is not None and total == self.bs
+        zl = self.logits[j][s // total].T if full else None     # type: ignore[index]
+        loss = net._train_step(xb, yb, self.rng, ws, zl, rows / total, False)
         val[at + _LOSS] = loss * rows
-        spec, last = tr.spec, net._last
+        last = net._last
         if self.labels is not None:
-            val[at + _CORRECT] = np.count_nonzero(np.argmax(ws.z[last], axis=1) == self.labels[lo:hi])
-        elif spec.is_classifier:
+            count_from = ctl[_COUNT_FROM]
+            if full:                            # counted from the logits: now if this is the epoch's last step
+                val[at + _CORRECT] = self._count(j, count_from, self.n_full) if count_from >= 0 else 0
+            else:
+                val[at + _CORRECT] = (np.count_nonzero(np.argmax(ws.z[last], axis=1) == self.labels.take(idx))
+                                      + (self._count(j, count_from, self.n_full) if count_from >= 0 else 0))
+        elif self.is_classifier:
             val[at + _CORRECT] = np.count_nonzero((ws.z[last] > 0) == (yb > 0.5))
         else:
             err = ws.a[last] - yb
@@ -431,7 +481,7 @@ class Split:
     def _phase3(self, j: int, scale: float) -> None:
         """The optimizer step on replica j's slice."""
         lo, hi = self.slices[j]
-        net0, opt = self.nets[0], self.trainer.optimizer
+        net0, opt = self.nets[0], self.opt
         if scale != 1.0:
             net0.grads[lo:hi] *= scale
         opt.t = self.ctl[_OPT_T]

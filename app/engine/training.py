@@ -143,7 +143,8 @@ class Trainer:
         self.best_params: Array | None = None
         self.finished: str | None = None          # completed | early_stopping, once training is over
         self._stop = False
-        self._data_epoch = -1                     # the epoch whose shuffled copy _xs/_ys hold
+        self._data_epoch = -1                     # the epoch whose shuffled copy _xs/_ys (or split's perm) hold
+        self._perm_split: Split | None = None
         self._xs: Array | None = None
         self._ys: Array | None = None
         self._yt: Array | None = None             # y transposed, C-contiguous: what the shuffle takes columns of
@@ -318,8 +319,6 @@ class Trainer:
         return self._result(self.finished or "completed")
 
     def _shuffled(self) -> tuple[Array, Array, NDArray[np.intp] | None]:
-        if self._split is not None:
-            return self._shuffled_shared(self._split)
         # Targets are kept column-major (the same values): the network's output layer is stored transposed (see
         # MLP._make_workspace), and the loss reads a batch of y beside it, so both then share one memory order.
         if not self.config.shuffle:
@@ -339,63 +338,73 @@ class Trainer:
             self._data_epoch = self.epoch
         return self._xs, self._ys, self._ls
 
-    def _shuffled_shared(self, split: Split) -> tuple[Array, Array, NDArray[np.intp] | None]:
-        """The epoch's rows in the split's shared buffers (its helper processes read them there)."""
-        if self._data_epoch != self.epoch or self._xs is not split.xs:
+    def _permute_shared(self, split: Split) -> None:
+        """The epoch's row order into the split's shared permutation (its replicas gather their rows by it)."""
+        if self._data_epoch != self.epoch or self._perm_split is not split:
             if self.config.shuffle and self.perm is None:
                 self.perm = self.rng.permutation(self.n)
-            if self.perm is None:
-                split.xs[...] = self.x
-                split.ys[...] = self.y
-            else:
-                np.take(self.x, self.perm, axis=0, out=split.xs, mode="clip")
-                np.take(np.ascontiguousarray(self.y.T), self.perm, axis=1, out=split.ys.T, mode="clip")
-            if split.labels is not None and self.labels is not None:
-                split.labels[...] = self.labels if self.perm is None else self.labels[self.perm]
-            self._xs, self._ys, self._data_epoch = split.xs, split.ys, self.epoch
-        return split.xs, split.ys, None
+            split.perm[...] = np.arange(self.n) if self.perm is None else self.perm
+            self._perm_split, self._data_epoch = split, self.epoch
 
     def _run_split(self, split: Split, batch_callback: BatchCallback | None, every: int) -> bool:
         """_run_batches for replicas > 1: every step through `split` (parallel.py)."""
-        self._shuffled_shared(split)
+        self._permute_shared(split)
         cfg, sums, k = self.config, self.sums, self.spec.output_dim
         bs, n, n_batches = self.batch_size, self.n, self.n_batches
         clip = cfg.clip_norm
         sched = cfg.schedule
         const_lr = cfg.optimizer.learning_rate if sched.name == "constant" and sched.warmup_epochs <= 0 else None
+        regressor = not self.spec.is_classifier
         b = self.batch
+        n_full = split.n_full
+        counted = min(b, n_full)               # full batches whose predictions are in sums.correct (see Split)
+        deferred = split.logits is not None
+
+        def sync() -> None:                     # before anything reads the parameters or the sums
+            nonlocal counted
+            split.sync()
+            upto = min(self.batch, n_full)
+            sums.correct += split.count_correct(counted, upto)
+            counted = max(counted, upto)
+
+        step = split.step
         t0 = time.perf_counter()
         while b < n_batches:
             s = b * bs
             e = min(s + bs, n)
+            # The epoch's last step: its replicas count their own predictions of the full batches not yet counted.
+            count_from = counted if deferred and e == n else -1
             try:
-                loss_sum, correct, abs_err, sq_err = split.step(
-                    s, e, self.lr_now() if const_lr is None else const_lr, clip)
+                loss_sum, correct, abs_err, sq_err = step(s, e, self.lr_now() if const_lr is None else const_lr, clip,
+                                                          count_from)
             except _Diverged as exc:
+                sync()
                 raise DivergenceError(epoch=self.epoch + 1, batch=b + 1, what=exc.what,
                                       learning_rate=cfg.optimizer.learning_rate) from None
+            if count_from >= 0:
+                counted = n_full
             self.step += 1
             b += 1
             self.batch = b
             sums.loss += loss_sum
             sums.seen += e - s
             sums.correct += correct
-            if not self.spec.is_classifier:
+            if regressor:
                 sums.abs_err += abs_err
                 sums.sq_err = [a + v for a, v in zip(sums.sq_err or [0.0] * k, sq_err, strict=True)]
             if self._stop:
                 self._stop = False
-                split.sync()
+                sync()
                 sums.seconds += time.perf_counter() - t0
                 return False
             if batch_callback is not None and b % every == 0 and b < n_batches:
-                split.sync()                    # the callback may read the parameters (a checkpoint)
+                sync()                          # the callback may read the parameters (a checkpoint)
                 sums.seconds += time.perf_counter() - t0
                 if batch_callback(self.epoch + 1, b) is False or self._stop:
                     self._stop = False
                     return False
                 t0 = time.perf_counter()
-        split.sync()
+        sync()
         sums.seconds += time.perf_counter() - t0
         return True
 

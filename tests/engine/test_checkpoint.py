@@ -233,19 +233,29 @@ def test_checkpoint_whose_row_order_is_no_permutation_is_rejected(data, perm):
         Trainer.from_checkpoint(rewrite(trainer.checkpoint(), edit), x, y)
 
 
-def test_adam_checkpoint_with_the_first_moment_itself_still_resumes(data):
-    # Checkpoints written before Adam kept m / (1 - beta1) ("m_sum") hold m as "opt.m".
+@pytest.mark.parametrize("old", ["m", "m and v"])
+def test_adam_checkpoint_with_the_moments_themselves_still_resumes(data, old):
+    # Checkpoints written before Adam kept m / (1 - beta1) ("m_sum") hold m as "opt.m"; those from before it kept
+    # v / (1 - beta2) ("v_sum") hold v as "opt.v".
     x, y = data
     trainer = make(CLASSIFIER, {}, x, y)
     trainer.fit(callback=lambda record: False)
     m_sum = trainer.optimizer.state["m_sum"].copy()
+    v_sum = trainer.optimizer.state["v_sum"].copy()
+    assert np.abs(v_sum).max() > 0
 
     def edit(meta, arrays):
         arrays["opt.m"] = arrays.pop("opt.m_sum") * (1 - 0.9)
+        if old == "m and v":
+            arrays["opt.v"] = arrays.pop("opt.v_sum") * (1 - 0.999)
 
     resumed = Trainer.from_checkpoint(rewrite(trainer.checkpoint(), edit), x, y)
+    assert set(resumed.optimizer.state) == {"m_sum", "v_sum"}
     np.testing.assert_allclose(resumed.optimizer.state["m_sum"], m_sum, rtol=1e-6)   # float32 round trip
-    np.testing.assert_array_equal(resumed.optimizer.state["v"], trainer.optimizer.state["v"])
+    if old == "m":
+        np.testing.assert_array_equal(resumed.optimizer.state["v_sum"], v_sum)
+    else:
+        np.testing.assert_allclose(resumed.optimizer.state["v_sum"], v_sum, rtol=1e-6)
     assert resumed.fit().stopped == "completed"
 
 

@@ -155,6 +155,27 @@ def test_resume_from_a_split_checkpoint_is_bit_exact(resume_processes):
             assert without_seconds(resumed.history) == history
 
 
+@pytest.mark.parametrize("processes", [1, pytest.param(2, marks=needs_helpers)])
+@pytest.mark.parametrize("replicas", [2, 3])
+def test_the_training_accuracy_counts_every_row_once(processes, replicas):
+    # A learning rate of 1e-30 leaves every prediction as it was, so each epoch's training accuracy must be the
+    # initial network's accuracy on the training rows: every row counted once, whether the epoch ran through in one
+    # fit, was stopped mid-epoch by a batch callback (the count must be complete in the checkpoint) and resumed,
+    # or ends with a short batch (203 rows in batches of 37, split 2 or 3 ways).
+    x, y = data("softmax-ce")
+    sgd = {"optimizer": {"name": "sgd", "learning_rate": 1e-30}, "epochs": 3}
+    with make(replicas=replicas, processes=processes, **sgd) as tr:
+        expected = float(np.mean(tr.net.forward(tr.x).argmax(axis=1) == tr.labels))
+        assert 0.05 < expected < 0.95
+        tr.fit(batch_callback=lambda e, b: not (e == 2 and b == 4))
+        assert (tr.epoch, tr.batch) == (1, 4)
+        data_bytes = tr.checkpoint()
+    with Trainer.from_checkpoint(data_bytes, x, y, processes=processes) as resumed:
+        resumed.fit()
+        accuracies = [r["metrics"]["accuracy"] for r in resumed.history]
+    assert accuracies == [expected] * 3
+
+
 @needs_helpers
 def test_divergence_stops_with_the_batch_and_nothing_updated():
     x, y = data("mse")
