@@ -9,12 +9,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .errors import CheckpointError, SpecError
-from .network import MLP
+from .network import MLP, legacy_index
 from .serialize import pack, unpack
 from .spec import NetworkSpec
 
 Array = NDArray[np.floating[Any]]
-FORMAT = "backprop.model/1"
+# /2: parameters in the per-layer layout (network.py); /1, still read: every layer's weights, then every bias.
+FORMAT = "backprop.model/2"
+OLDER_FORMATS = ("backprop.model/1",)
 
 
 class Model:
@@ -56,10 +58,22 @@ class Model:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Model:
-        meta, arrays = unpack(data, expect_format=FORMAT)
+        meta, arrays = unpack(data, expect_format=FORMAT, older=OLDER_FORMATS)
         try:
             spec = NetworkSpec.from_dict(meta["spec"])
-            return cls(spec, arrays["params"], dtype=meta["dtype"], x_mean=arrays.get("x_mean"),
+            params = arrays["params"]
+            if meta["format"] != FORMAT:
+                params = from_legacy(spec, params)
+            return cls(spec, params, dtype=meta["dtype"], x_mean=arrays.get("x_mean"),
                        x_scale=arrays.get("x_scale"), meta=meta.get("meta") or {})
         except (KeyError, SpecError, ValueError, TypeError) as exc:
             raise CheckpointError(f"invalid model archive: {exc}") from exc
+
+
+def from_legacy(spec: NetworkSpec, params: NDArray[Any]) -> NDArray[Any]:
+    """A flat parameter (or optimizer moment) vector of the earlier layout in today's (see network.py)."""
+    params = np.asarray(params)
+    index = legacy_index(spec.layer_sizes())
+    if params.shape != index.shape:
+        raise ValueError(f"expected {index.size} parameters, got shape {params.shape}")
+    return params[index]

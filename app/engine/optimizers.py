@@ -38,10 +38,11 @@ _BLOCK = 1 << 16
 class Optimizer:
     decoupled = False       # AdamW: weight decay applied to the weights by the step, not added to the gradient
 
-    def __init__(self, cfg: OptimizerConfig, n: int, dtype: np.dtype[Any], n_weights: int) -> None:
+    def __init__(self, cfg: OptimizerConfig, n: int, dtype: np.dtype[Any],
+                 weight_ranges: list[tuple[int, int]]) -> None:
         self.cfg = cfg
         self.n = n
-        self.n_weights = n_weights
+        self.weight_ranges = weight_ranges      # where the weights are in the flat vector (AdamW decays only them)
         self.t = 0
         self.lr = 0.0
         self.state: dict[str, Array] = {}
@@ -92,8 +93,9 @@ class SGD(Optimizer):
 
 
 class Momentum(Optimizer):
-    def __init__(self, cfg: OptimizerConfig, n: int, dtype: np.dtype[Any], n_weights: int) -> None:
-        super().__init__(cfg, n, dtype, n_weights)
+    def __init__(self, cfg: OptimizerConfig, n: int, dtype: np.dtype[Any],
+                 weight_ranges: list[tuple[int, int]]) -> None:
+        super().__init__(cfg, n, dtype, weight_ranges)
         self.state["velocity"] = np.zeros(n, dtype=dtype)
 
     def _update(self, p: Array, g: Array, lo: int, hi: int, t: Array) -> None:
@@ -111,8 +113,9 @@ class Momentum(Optimizer):
 
 
 class RMSprop(Optimizer):
-    def __init__(self, cfg: OptimizerConfig, n: int, dtype: np.dtype[Any], n_weights: int) -> None:
-        super().__init__(cfg, n, dtype, n_weights)
+    def __init__(self, cfg: OptimizerConfig, n: int, dtype: np.dtype[Any],
+                 weight_ranges: list[tuple[int, int]]) -> None:
+        super().__init__(cfg, n, dtype, weight_ranges)
         self.state["square_avg"] = np.zeros(n, dtype=dtype)
 
     def _update(self, p: Array, g: Array, lo: int, hi: int, t: Array) -> None:
@@ -130,8 +133,9 @@ class RMSprop(Optimizer):
 
 
 class Adam(Optimizer):
-    def __init__(self, cfg: OptimizerConfig, n: int, dtype: np.dtype[Any], n_weights: int) -> None:
-        super().__init__(cfg, n, dtype, n_weights)
+    def __init__(self, cfg: OptimizerConfig, n: int, dtype: np.dtype[Any],
+                 weight_ranges: list[tuple[int, int]]) -> None:
+        super().__init__(cfg, n, dtype, weight_ranges)
         self.state["m_sum"] = np.zeros(n, dtype=dtype)     # m / (1 - beta1)
         self.state["v_sum"] = np.zeros(n, dtype=dtype)     # v / (1 - beta2)
         # Scalars as 0-d arrays of the network's dtype, passed with positional outs: the same values NumPy would cast
@@ -166,8 +170,11 @@ class Adam(Optimizer):
     def update(self, params: Array, grads: Array, lo: int, hi: int, tmp: Array) -> None:
         if self._skip:
             return
-        if self._decay is not None and lo < self.n_weights:
-            params[lo:min(hi, self.n_weights)] *= self._decay
+        if self._decay is not None:
+            for a, b in self.weight_ranges:
+                s, e = max(a, lo), min(b, hi)
+                if s < e:
+                    params[s:e] *= self._decay
         if hi - lo <= _BLOCK:                   # one block: no slicing of the whole-vector case
             if lo == 0 and hi == self.n:
                 self._update(params, grads, 0, hi, tmp[:hi])
@@ -204,5 +211,6 @@ OPTIMIZER_CLASSES: dict[str, type[Optimizer]] = {
 }
 
 
-def make_optimizer(cfg: OptimizerConfig, n: int, dtype: np.dtype[Any], n_weights: int) -> Optimizer:
-    return OPTIMIZER_CLASSES[cfg.name](cfg, n, dtype, n_weights)
+def make_optimizer(cfg: OptimizerConfig, n: int, dtype: np.dtype[Any],
+                   weight_ranges: list[tuple[int, int]]) -> Optimizer:
+    return OPTIMIZER_CLASSES[cfg.name](cfg, n, dtype, weight_ranges)

@@ -173,7 +173,7 @@ class Split:
         # fork, read-only) by the epoch's permutation, which the trainer writes here at the start of each epoch. No
         # shuffled copy of the data: none for the trainer's process to write at each epoch's start while the
         # helpers wait, and none in shared memory.
-        self.x, self.yt, self.labels = trainer.x, np.ascontiguousarray(trainer.y.T), trainer.labels
+        self.x, self.yt, self.labels = trainer._xa, np.ascontiguousarray(trainer.y.T), trainer.labels
         self.perm = arena.array(trainer.n, np.intp)
         self._batch: dict[int, tuple[Array, Array]] = {}      # rows -> x and y buffers (each process its own)
         # Cross-entropy accuracy: in every full batch, replica j's output layer writes its logits straight into

@@ -27,7 +27,9 @@ def pack(meta: dict[str, Any], arrays: dict[str, NDArray[Any]], *, compress: boo
     return buf.getvalue()
 
 
-def unpack(data: bytes, *, expect_format: str) -> tuple[dict[str, Any], dict[str, NDArray[Any]]]:
+def unpack(data: bytes, *, expect_format: str,
+           older: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, NDArray[Any]]]:
+    """(meta, arrays) of an archive whose format is `expect_format` or one of the `older` ones it still reads."""
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
@@ -40,7 +42,7 @@ def unpack(data: bytes, *, expect_format: str) -> tuple[dict[str, Any], dict[str
         meta = json.loads(raw.tobytes().decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"corrupt {expect_format} metadata: {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("format") != expect_format:
+    if not isinstance(meta, dict) or meta.get("format") not in (expect_format, *older):
         got = meta.get("format") if isinstance(meta, dict) else None
         raise CheckpointError(f"expected a {expect_format} archive, got format {got!r}")
     return meta, arrays

@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 from .blas import limit_threads, step_threads
 from .errors import CheckpointError, DivergenceError, SpecError
 from .fpenv import flush_denormals, keep_denormals
-from .model import Model
+from .model import Model, from_legacy
 from .network import MLP
 from .optimizers import make_optimizer
 from .parallel import MAX_REPLICAS, Split, _Diverged, can_fork_replicas, cpus
@@ -35,7 +35,9 @@ from .spec import NetworkSpec, TrainConfig
 Array = NDArray[np.floating[Any]]
 EpochCallback = Callable[[dict[str, Any]], "bool | None"]
 BatchCallback = Callable[[int, int], "bool | None"]
-CHECKPOINT_FORMAT = "backprop.checkpoint/1"
+# /2: parameters and optimizer moments in the per-layer layout (network.py); /1, still read: weights, then biases.
+CHECKPOINT_FORMAT = "backprop.checkpoint/2"
+OLDER_CHECKPOINT_FORMATS = ("backprop.checkpoint/1",)
 _EVAL_BATCH = 8192
 _MAXIMIZE = ("accuracy", "r2")
 
@@ -128,7 +130,7 @@ class Trainer:
         if config.optimizer.name != "adamw":
             self.net.l2 = config.optimizer.weight_decay
         self._prepare_data(x, y, x_val, y_val)
-        self.optimizer = make_optimizer(config.optimizer, self.net.n_params, self.dtype, self.net.n_weights)
+        self.optimizer = make_optimizer(config.optimizer, self.net.n_params, self.dtype, self.net.weight_ranges)
         self.monitor = self._monitor_name()
         # Cursor and accumulated state: everything below goes into a checkpoint.
         self.epoch = 0                  # completed epochs
@@ -233,7 +235,11 @@ class Trainer:
             if xv is not None:
                 xv = (xv - self.x_mean) / scale
         dt = self.dtype
-        self.x = np.ascontiguousarray(xt, dtype=dt)
+        # Training reads the rows with a last column of ones (network.py); `x` is a view of the rest.
+        self._xa = np.empty((xt.shape[0], xt.shape[1] + 1), dtype=dt)
+        self._xa[:, :-1] = xt
+        self._xa[:, -1] = 1.0
+        self.x = self._xa[:, :-1]
         self.y = np.ascontiguousarray(yt, dtype=dt)
         self.x_val = None if xv is None else np.ascontiguousarray(xv, dtype=dt)
         self.y_val = None if yv is None else np.ascontiguousarray(yv, dtype=dt)
@@ -324,15 +330,15 @@ class Trainer:
         if not self.config.shuffle:
             if self._yf is None:
                 self._yf = np.asfortranarray(self.y)
-            return self.x, self._yf, self.labels
+            return self._xa, self._yf, self.labels
         if self.perm is None:
             self.perm = self.rng.permutation(self.n)
         if self._data_epoch != self.epoch:
             if self._xs is None:
-                self._xs, self._ys = np.empty_like(self.x), np.empty_like(self.y, order="F")
+                self._xs, self._ys = np.empty_like(self._xa), np.empty_like(self.y, order="F")
                 self._yt = np.ascontiguousarray(self.y.T)
             # mode="clip" because the default mode="raise" buffers `out` (twice the time); perm is a permutation.
-            np.take(self.x, self.perm, axis=0, out=self._xs, mode="clip")
+            np.take(self._xa, self.perm, axis=0, out=self._xs, mode="clip")
             np.take(self._yt, self.perm, axis=1, out=self._ys.T, mode="clip")
             self._ls = None if self.labels is None else self.labels[self.perm]
             self._data_epoch = self.epoch
@@ -635,7 +641,7 @@ class Trainer:
                         processes: int | None = None) -> Trainer:
         """Rebuild a trainer from `checkpoint()` bytes and the same data it was trained on. It goes on with the
         checkpoint's batch split (`replicas`), in as many processes as `processes` and the host allow."""
-        meta, arrays = unpack(data, expect_format=CHECKPOINT_FORMAT)
+        meta, arrays = unpack(data, expect_format=CHECKPOINT_FORMAT, older=OLDER_CHECKPOINT_FORMATS)
         try:
             spec = NetworkSpec.from_dict(meta["spec"])
             config = TrainConfig.from_dict(meta["config"])
@@ -649,6 +655,10 @@ class Trainer:
         if meta.get("fingerprint") != trainer.fingerprint:
             raise CheckpointError("the checkpoint was written for different training data")
         try:
+            if meta["format"] != CHECKPOINT_FORMAT:       # the earlier layout: params, best weights, moments
+                n = trainer.net.n_params
+                arrays = {k: from_legacy(spec, v) if k in ("params", "best_params") or (
+                    k.startswith("opt.") and np.shape(v) == (n,)) else v for k, v in arrays.items()}
             trainer.net.set_params(arrays["params"])
             trainer.optimizer.load_state(meta["opt_t"], {k[4:]: v for k, v in arrays.items() if k.startswith("opt.")})
             trainer.epoch, trainer.batch, trainer.step = int(meta["epoch"]), int(meta["batch"]), int(meta["step"])

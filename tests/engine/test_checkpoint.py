@@ -264,3 +264,38 @@ def test_model_bytes_are_not_a_checkpoint(data):
     trainer.fit()
     with pytest.raises(CheckpointError, match="checkpoint"):
         Trainer.from_checkpoint(trainer.model().to_bytes(), *data)
+
+
+@pytest.mark.parametrize("where", ["epoch end", "mid-epoch"])
+def test_checkpoint_in_the_earlier_parameter_layout_still_resumes_bit_exact(data, where):
+    # backprop.checkpoint/1 kept every layer's weights first, then every bias, for the parameters, the best
+    # weights and the optimizer's moments alike; today's layout is per layer (network.py).
+    from app.engine.network import legacy_index
+
+    x, y = data
+    config = {"early_stopping": {"patience": 50, "restore_best_weights": True}}
+    full = make(CLASSIFIER, config, x, y)
+    full_result = full.fit()
+    first = make(CLASSIFIER, config, x, y)
+    if where == "epoch end":
+        first.fit(callback=lambda record: record["epoch"] < 2)
+    else:
+        first.fit(batch_callback=lambda epoch, batch: not (epoch == 3 and batch == 2))
+    index = legacy_index(first.net.sizes)
+
+    def to_legacy(arr):
+        old = np.empty_like(arr)
+        old[index] = arr
+        return old
+
+    def edit(meta, arrays):
+        meta["format"] = "backprop.checkpoint/1"
+        for key in list(arrays):
+            if key in ("params", "best_params") or key.startswith("opt."):
+                assert arrays[key].shape == (first.net.n_params,)
+                arrays[key] = to_legacy(arrays[key])
+
+    old = rewrite(first.checkpoint(), edit)
+    assert not np.array_equal(unpack(old, expect_format="backprop.checkpoint/1")[1]["params"], first.net.params)
+    resumed = Trainer.from_checkpoint(old, x, y)
+    assert_same_run(resumed, resumed.fit(), full, full_result)

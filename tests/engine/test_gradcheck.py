@@ -5,7 +5,6 @@ import pytest
 
 from app.engine import ACTIVATIONS, LOSSES, MLP, NetworkSpec
 from app.engine.gradcheck import check_gradients, numerical_grad, relative_error
-from app.engine.network import _FEATURE_MAJOR_MAX_BATCH
 
 TOLERANCE = 1e-6
 KINKED = ("relu", "leaky_relu", "elu")   # elu is C1 but its second derivative jumps at 0
@@ -17,8 +16,19 @@ def make_net(rng, layers, loss, input_dim=4):
     spec = NetworkSpec.from_dict({"input_dim": input_dim, "layers": layers, "loss": loss})
     net = MLP(spec, dtype="float64", rng=rng)
     net.l2 = 0.1
-    net.params[net.n_weights:] = rng.normal(0.0, 0.5, size=net.n_params - net.n_weights)
+    values = iter(rng.normal(0.0, 0.5, size=net.n_params - net.n_weights))
+    for b in net.biases:
+        b[...] = [next(values) for _ in range(b.size)]
     return net
+
+
+def weight_mask(net):
+    """True where the flat parameter vector holds a weight (not a bias)."""
+    mask = np.zeros(net.n_params, dtype=bool)
+    for lo, hi in net.weight_ranges:
+        mask[lo:hi] = True
+    assert mask.sum() == net.n_weights
+    return mask
 
 
 def pre_activations(net, x):
@@ -63,11 +73,12 @@ def test_weight_decay_is_in_the_objective_and_gradient_for_weights_only(rng):
     x, y = rng.normal(size=(6, 4)), rng.normal(size=(6, 3))
     with_l2_obj, with_l2_grad = net.objective(x, y), net.gradient(x, y)
     net.l2 = 0.0
-    w = net.params[: net.n_weights]
+    is_weight = weight_mask(net)
+    w = net.params[is_weight]
     assert with_l2_obj - net.objective(x, y) == pytest.approx(0.05 * float(w @ w), rel=1e-12)
     diff = with_l2_grad - net.gradient(x, y)
-    np.testing.assert_allclose(diff[: net.n_weights], 0.1 * w, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(diff[net.n_weights:], 0.0, atol=1e-12)
+    np.testing.assert_allclose(diff[is_weight], 0.1 * w, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(diff[~is_weight], 0.0, atol=1e-12)
 
 
 def test_every_activation_and_loss_is_covered_below():
@@ -153,13 +164,11 @@ def test_gradients_with_dropout_layers_match_finite_differences(rng):
     assert check_gradients(net, x, y) < TOLERANCE
 
 
-# Training batches of up to _FEATURE_MAJOR_MAX_BATCH rows keep the hidden layers column-major, larger ones row-major:
-# both layouts must give the same gradient.
-BIG = _FEATURE_MAJOR_MAX_BATCH + 22
+BIG = 150
 
 
-@pytest.mark.parametrize("n", [6, BIG], ids=["column-major", "row-major"])
-def test_gradients_match_finite_differences_in_both_memory_layouts(rng, n):
+@pytest.mark.parametrize("n", [6, BIG])
+def test_gradients_match_finite_differences_for_small_and_large_batches(rng, n):
     net = make_net(rng, [{"units": 5, "activation": "relu"}, {"units": 4, "activation": "sigmoid"},
                          {"units": 3, "activation": "softmax"}], "cross_entropy")
     x = rng.normal(size=(n, 4))
@@ -168,12 +177,19 @@ def test_gradients_match_finite_differences_in_both_memory_layouts(rng, n):
     assert check_gradients(net, x, y) < TOLERANCE
 
 
-def test_row_major_and_column_major_batches_give_the_same_gradient(rng):
+def test_a_batch_gives_the_mean_gradient_of_its_parts(rng):
     net = make_net(rng, [{"units": 6, "activation": "relu"}, {"units": 5, "activation": "tanh"},
                          {"units": 3, "activation": "softmax"}], "cross_entropy")
     x = rng.normal(size=(2 * BIG, 4))
     y = np.eye(3)[rng.integers(0, 3, 2 * BIG)]
-    whole = net.gradient(x, y)                                          # row-major hidden buffers
+    whole = net.gradient(x, y)
     halves = [net.gradient(x[s:s + BIG // 2], y[s:s + BIG // 2]) for s in range(0, 2 * BIG, BIG // 2)]
-    assert BIG // 2 <= _FEATURE_MAJOR_MAX_BATCH < 2 * BIG
-    np.testing.assert_allclose(whole, np.mean(halves, axis=0), rtol=1e-10, atol=1e-13)   # mean loss: equal halves
+    np.testing.assert_allclose(whole, np.mean(halves, axis=0), rtol=1e-10, atol=1e-13)   # mean loss: equal parts
+
+
+def test_the_flat_layout_is_per_layer_weights_then_bias(rng):
+    net = make_net(rng, [{"units": 5, "activation": "relu"}, {"units": 3}], "mse")
+    expected = np.concatenate([np.concatenate([w.reshape(-1), b])
+                               for w, b in zip(net.weights, net.biases, strict=True)])
+    assert np.array_equal(net.params, expected)
+    assert net.weight_ranges == [(0, 20), (25, 40)]

@@ -128,3 +128,23 @@ def test_prediction_with_the_wrong_number_of_features_is_rejected(classifier_spe
     model = Model(classifier_spec, rng.normal(size=classifier_spec.n_params))
     with pytest.raises(ValueError, match="shape"):
         model.predict(np.zeros((3, 5)))
+
+
+def test_a_model_in_the_earlier_parameter_layout_loads_with_the_same_weights(classifier_spec, blobs):
+    # backprop.model/1 archives kept every layer's weights first, then every bias.
+    from app.engine.serialize import pack, unpack
+
+    x, labels = blobs
+    model = trained(classifier_spec, x, labels, standardize=True).model()
+    meta, arrays = unpack(model.to_bytes(), expect_format="backprop.model/2")
+    legacy = np.concatenate([*(w.reshape(-1) for w, _ in model.layer_weights()),
+                             *(b for _, b in model.layer_weights())])
+    arrays["params"] = legacy
+    meta["format"] = "backprop.model/1"
+    loaded = Model.from_bytes(pack(meta, arrays))
+    for (w1, b1), (w2, b2) in zip(loaded.layer_weights(), model.layer_weights(), strict=True):
+        assert np.array_equal(w1, w2)
+        assert np.array_equal(b1, b2)
+    assert np.array_equal(loaded.predict(x), model.predict(x))
+    with pytest.raises(CheckpointError, match="expected a backprop.model/2 archive"):
+        Model.from_bytes(pack({**meta, "format": "backprop.model/0"}, arrays))
