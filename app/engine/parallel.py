@@ -417,9 +417,12 @@ class Split:
     def _decide(self) -> tuple[str | None, float, float]:
         """(what diverged or None, the loss sum, the clip factor) from every replica's partial sums: each process
         works it out alike from the shared values, so none waits for another's decision."""
-        val, w, R = self.val, self.width, self.R
-        loss = math.fsum(val[j * w + _LOSS] for j in range(R))
-        gn2 = math.fsum(val[j * w + _GN2] for j in range(R))
+        val, w = self.val, self.width
+        # Summed in replica order, the same in every process (math.fsum would raise on an overflowing sum).
+        loss, gn2 = val[_LOSS], val[_GN2]
+        for j in range(1, self.R):
+            loss += val[j * w + _LOSS]
+            gn2 += val[j * w + _GN2]
         if not math.isfinite(loss):
             return "the loss", loss, 1.0
         if not math.isfinite(gn2):

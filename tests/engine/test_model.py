@@ -146,5 +146,5 @@ def test_a_model_in_the_earlier_parameter_layout_loads_with_the_same_weights(cla
         assert np.array_equal(w1, w2)
         assert np.array_equal(b1, b2)
     assert np.array_equal(loaded.predict(x), model.predict(x))
-    with pytest.raises(CheckpointError, match="expected a backprop.model/2 archive"):
+    with pytest.raises(CheckpointError, match=r"expected a backprop\.model/2 archive"):
         Model.from_bytes(pack({**meta, "format": "backprop.model/0"}, arrays))

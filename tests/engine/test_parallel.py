@@ -176,6 +176,24 @@ def test_the_training_accuracy_counts_every_row_once(processes, replicas):
     assert accuracies == [expected] * 3
 
 
+@pytest.mark.parametrize("replicas", [2, 3])
+def test_partial_sums_that_overflow_together_are_divergence_not_a_crash(replicas):
+    # Each replica's loss and squared gradient norm are finite, their sum is not: every process must take that as
+    # divergence alike (math.fsum, used before, raised OverflowError there).
+    with make(replicas=replicas, processes=1) as tr:
+        split = tr._get_split()
+        split.vals[replicas, 1] = np.nan               # the step's clip norm: none
+        for j in range(replicas):
+            split.vals[j] = 0.0
+            split.vals[j, 0] = 1e308                    # loss sum
+        assert split._decide()[0] == "the loss"
+        for j in range(replicas):
+            split.vals[j, 0], split.vals[j, 3] = 1.0, 1e308   # loss, squared gradient norm of the slice
+        assert split._decide()[0] == "the gradient"
+        split.vals[:, 3] = 1.0
+        assert split._decide() == (None, float(replicas), 1.0)
+
+
 @needs_helpers
 def test_divergence_stops_with_the_batch_and_nothing_updated():
     x, y = data("mse")
