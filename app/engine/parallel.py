@@ -3,11 +3,12 @@
 NumPy runs one core per call (and a small GEMM gains little from a second BLAS thread), while Python threads
 cannot share the work: a handful of microseconds of NumPy per call and the GIL between calls serialize them. So the
 replicas are processes. The trainer's process is replica 0 and forks R - 1 helpers that share, through anonymous
-shared memory, the parameters, the optimizer's moments, every replica's gradient buffer, the epoch's shuffled data
-and a small control block. A step:
+shared memory, the parameters, the optimizer's moments, every replica's gradient buffer, the epoch's row order
+(permutation) and a small control block. A step:
 
-1. every replica runs forward and backward over its rows of the batch (rows [s + (e-s) j / R, s + (e-s) (j+1) / R)),
-   its dL/d(output) scaled by its share of the rows, into its own gradient buffer;
+1. every replica gathers its rows of the batch (rows [s + (e-s) j / R, s + (e-s) (j+1) / R) of the epoch's order)
+   from the training data and runs forward and backward over them, its dL/d(output) scaled by its share of the
+   rows, into its own gradient buffer;
 2. every replica sums the R gradients over its own slice of the parameter vector (into replica 0's buffer), adds
    the L2 penalty there, and reports that slice's squared norm;
 3. every replica reads all the partial sums and takes the same decision (divergence: nothing is updated and the
