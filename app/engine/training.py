@@ -308,9 +308,11 @@ class Trainer:
                     break
                 # fpenv: subnormal Adam moments cost 20-30x per operation; blas: small GEMMs run faster on 1 thread.
                 if self.replicas > 1:
+                    # One BLAS thread in every replica, however many processes run them: OpenBLAS on two threads
+                    # may round some GEMMs differently (seen with 100-512-256-10 at 128 rows), and a split's result
+                    # must depend on its replicas alone.
                     split = self._get_split()
-                    threads = 1 if split.parallel else step_threads(self.batch_size, self.net.n_weights)
-                    with flush_denormals(), limit_threads(threads), split.active():
+                    with flush_denormals(), limit_threads(1), split.active():
                         done = self._run_split(split, inner, every)
                 else:
                     with flush_denormals(), limit_threads(step_threads(self.batch_size, self.net.n_weights)):

@@ -106,6 +106,39 @@ def test_helpers_and_one_process_give_the_same_bits(kind, config):
     assert s1 == s2
 
 
+@pytest.fixture
+def two_blas_threads():
+    """NumPy's BLAS on 2 threads for the test (CI may pin it to 1), restored after."""
+    from app.engine import blas
+
+    if blas.get_threads() is None:
+        pytest.skip("NumPy's BLAS is not OpenBLAS here")
+    before = blas.get_threads()
+    blas._get().set_fn(2)
+    yield
+    blas._get().set_fn(before)
+
+
+@needs_helpers
+def test_a_split_of_big_steps_gives_the_same_bits_in_one_process_and_two(two_blas_threads):
+    # 100-512-256-10 at batch 256: a step big enough that one-way training would use two BLAS threads, whose
+    # GEMMs OpenBLAS may round differently from one thread's; a split runs every replica on one thread.
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((600, 100))
+    y = (x[:, :10] @ rng.standard_normal((10, 10))).argmax(axis=1)
+    spec = NetworkSpec.from_dict({"input_dim": 100, "layers": [{"units": 512, "activation": "relu"},
+                                                               {"units": 256, "activation": "relu"},
+                                                               {"units": 10, "activation": "softmax"}],
+                                  "loss": "cross_entropy"})
+    cfg = TrainConfig.from_dict({"epochs": 1, "batch_size": 256, "seed": 0})
+    runs = []
+    for processes in (1, 2):
+        with Trainer(spec, cfg, x, y, replicas=2, processes=processes) as tr:
+            tr.fit()
+            runs.append(tr.net.params.copy())
+    assert np.array_equal(runs[0], runs[1])
+
+
 @needs_helpers
 def test_a_batch_smaller_than_the_replicas_leaves_one_idle():
     runs = []
