@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from app.engine import NetworkSpec
+from app.engine import NetworkSpec, blas
 
 
 @pytest.fixture
@@ -41,3 +41,14 @@ def regressor_spec():
         "layers": [{"units": 16, "activation": "relu"}, {"units": 8, "activation": "tanh"}, {"units": 2}],
         "loss": "mse",
     })
+
+
+@pytest.fixture
+def two_blas_threads():
+    """NumPy's BLAS on 2 threads for the test (CI may pin it to 1), restored after."""
+    before = blas.get_threads()
+    if before is None:
+        pytest.skip("NumPy's BLAS is not OpenBLAS here")
+    blas._get().set_fn(2)
+    yield
+    blas._get().set_fn(before)

@@ -106,19 +106,6 @@ def test_helpers_and_one_process_give_the_same_bits(kind, config):
     assert s1 == s2
 
 
-@pytest.fixture
-def two_blas_threads():
-    """NumPy's BLAS on 2 threads for the test (CI may pin it to 1), restored after."""
-    from app.engine import blas
-
-    if blas.get_threads() is None:
-        pytest.skip("NumPy's BLAS is not OpenBLAS here")
-    before = blas.get_threads()
-    blas._get().set_fn(2)
-    yield
-    blas._get().set_fn(before)
-
-
 @needs_helpers
 def test_a_split_of_big_steps_gives_the_same_bits_in_one_process_and_two(two_blas_threads):
     # 100-512-256-10 at batch 256: a step big enough that one-way training would use two BLAS threads, whose

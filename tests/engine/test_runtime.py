@@ -112,15 +112,6 @@ def test_fit_keeps_adam_moments_free_of_subnormals_and_callbacks_see_ieee_floats
     assert not fpenv.denormals_flushed()
 
 
-@pytest.fixture
-def two_blas_threads():
-    """NumPy's BLAS on 2 threads for the test (CI may pin it to 1), restored after."""
-    before = blas.get_threads()
-    blas._get().set_fn(2)
-    yield
-    blas._get().set_fn(before)
-
-
 @needs_blas
 def test_limit_threads_sets_and_restores(two_blas_threads):
     assert blas.get_threads() == 2
