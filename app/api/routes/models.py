@@ -37,8 +37,9 @@ def get_model(model_id: str, owner: OwnerDep, session: ReadSession, st: StateDep
     responses={
         200: {
             "content": {"application/octet-stream": {}},
-            "description": "JSON arrays per layer, or with ?format=npz the model's npz archive "
-            "(params, x_mean, x_scale and __meta__ JSON).",
+            "description": "JSON arrays per layer, or with ?format=npz an npz archive of the same arrays: "
+            "layer<i>.weights (n_in x n_out), layer<i>.biases, and input.mean / input.scale when the model "
+            "standardizes its inputs.",
         }
     },
     summary="Download a model's weights",
