@@ -437,9 +437,11 @@ class Split:
         s, e, R = ctl[_ROW_S], ctl[_ROW_E], self.R
         total = e - s
         lo, hi = s + total * j // R, s + total * (j + 1) // R
-        if hi <= lo:
+        if hi <= lo:                            # a last batch of fewer rows than replicas: none here
             net.grads[...] = 0.0
             self.vals[j] = 0.0
+            if self.logits is not None and ctl[_COUNT_FROM] >= 0:
+                val[at + _CORRECT] = self._count(j, ctl[_COUNT_FROM], self.n_full)
             return
         rows = hi - lo
         ws = net.workspace(rows)
