@@ -37,6 +37,9 @@ _BLOCK = 1 << 16
 
 class Optimizer:
     decoupled = False       # AdamW: weight decay applied to the weights by the step, not added to the gradient
+    # The step reads each gradient element before its first write to the scratch, so the gradient's own memory can
+    # be the scratch (`update(..., tmp=None)`: the gradient is consumed).
+    grads_as_scratch = False
 
     def __init__(self, cfg: OptimizerConfig, n: int, dtype: np.dtype[Any],
                  weight_ranges: list[tuple[int, int]]) -> None:
@@ -57,13 +60,15 @@ class Optimizer:
         self.t += 1
         self.lr = lr
 
-    def update(self, params: Array, grads: Array, lo: int, hi: int, tmp: Array) -> None:
+    def update(self, params: Array, grads: Array, lo: int, hi: int, tmp: Array | None) -> None:
         """Apply the step begun by `begin` to params[lo:hi] from grads[lo:hi]. `tmp`: scratch of min(hi - lo,
-        BLOCK) floats. Elementwise: updating a vector range by range gives the same bits as all at once, so
-        data-parallel replicas (parallel.py) each update their own range."""
+        BLOCK) floats, or None to use grads[lo:hi] itself (only where `grads_as_scratch`). Elementwise: updating a
+        vector range by range gives the same bits as all at once, so data-parallel replicas (parallel.py) each
+        update their own range."""
         for s in range(lo, hi, _BLOCK):
             e = min(s + _BLOCK, hi)
-            self._update(params[s:e], grads[s:e], s, e, tmp[: e - s])
+            g = grads[s:e]
+            self._update(params[s:e], g, s, e, g if tmp is None else tmp[: e - s])
 
     def _update(self, p: Array, g: Array, lo: int, hi: int, t: Array) -> None:
         raise NotImplementedError
@@ -87,6 +92,8 @@ class Optimizer:
 
 
 class SGD(Optimizer):
+    grads_as_scratch = True
+
     def _update(self, p: Array, g: Array, lo: int, hi: int, t: Array) -> None:
         np.multiply(g, self.lr, out=t)
         p -= t
@@ -133,6 +140,8 @@ class RMSprop(Optimizer):
 
 
 class Adam(Optimizer):
+    grads_as_scratch = True
+
     def __init__(self, cfg: OptimizerConfig, n: int, dtype: np.dtype[Any],
                  weight_ranges: list[tuple[int, int]]) -> None:
         super().__init__(cfg, n, dtype, weight_ranges)
@@ -167,7 +176,7 @@ class Adam(Optimizer):
         self._k1[()], self._k2[()] = math.sqrt(1.0 - b2) / scale, cfg.eps * c2 / scale
         self._decay = 1.0 - lr * cfg.weight_decay if self.decoupled and cfg.weight_decay else None
 
-    def update(self, params: Array, grads: Array, lo: int, hi: int, tmp: Array) -> None:
+    def update(self, params: Array, grads: Array, lo: int, hi: int, tmp: Array | None) -> None:
         if self._skip:
             return
         if self._decay is not None:
@@ -177,9 +186,10 @@ class Adam(Optimizer):
                     params[s:e] *= self._decay
         if hi - lo <= _BLOCK:                   # one block: no slicing of the whole-vector case
             if lo == 0 and hi == self.n:
-                self._update(params, grads, 0, hi, tmp[:hi])
+                self._update(params, grads, 0, hi, grads if tmp is None else tmp[:hi])
             else:
-                self._update(params[lo:hi], grads[lo:hi], lo, hi, tmp[: hi - lo])
+                g = grads[lo:hi]
+                self._update(params[lo:hi], g, lo, hi, g if tmp is None else tmp[: hi - lo])
         else:
             super().update(params, grads, lo, hi, tmp)
 

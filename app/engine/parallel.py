@@ -163,7 +163,11 @@ class Split:
         # Each replica's slice of the parameters, cut at multiples of 16 floats (64-byte cache lines).
         cuts = [min(n, (n * j // R) // 16 * 16) for j in range(R)] + [n]
         self.slices = [(cuts[j], cuts[j + 1]) for j in range(R)]
-        self.tmps = [np.empty(max(1, min(hi - lo, _BLOCK)), dtype=dt) for lo, hi in self.slices]
+        # The optimizer's scratch: the summed gradient itself where the optimizer allows (Adam, SGD: the step then
+        # touches one vector less; 1-1.5% of a digits epoch), else a buffer per replica.
+        self.tmps: list[Array | None] = [
+            None if opt.grads_as_scratch else np.empty(max(1, min(hi - lo, _BLOCK)), dtype=dt)
+            for lo, hi in self.slices]
         self.width = _SQ + k
         # Scalars go through memoryviews: an item read or write is a third of a NumPy scalar's cost.
         self.ctl = memoryview(arena.array(_HEADER + 4 * R, np.int64))    # + per replica 3 flags, per helper sleep
