@@ -1,4 +1,5 @@
-"""bench/engine.py --quick: the engine benchmark's smoke run (engine and scikit-learn, tiny data) writes its report."""
+"""bench/engine.py --quick: the engine benchmark's smoke run (engine, scikit-learn and the NumPy reference, tiny data)
+writes its report."""
 
 import json
 import subprocess
@@ -30,18 +31,41 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
         ("digits", 64), ("digits", 256), ("synth100k", 64), ("synth100k", 256)}
     for entry in report["results"]:
         assert entry.keys() >= ENTRY_KEYS
-        assert set(entry["frameworks"]) == {"engine", "sklearn"}
+        assert set(entry["frameworks"]) == {"engine", "sklearn", "numpy"}
         for result in entry["frameworks"].values():
             assert result.keys() >= FRAMEWORK_KEYS
             assert result["sec_per_epoch"] > 0
             assert 0.0 <= result["test_accuracy"] <= 1.0
             assert len(result["epoch_seconds"]) == entry["epochs"]
         assert entry["speedup"]["sklearn"] > 0
-        assert entry["gemm"]["ceiling_gflops"] > 0
+        assert entry["gemm"]["ceiling_gflops"] >= entry["gemm"]["ceiling_median_gflops"] > 0
         assert set(entry["gemm"]["gflops"]) == {"forward", "dW", "dX"}
     assert all({"workload", "batch_size", "what", "value", "target", "met"} <= t.keys() for t in report["targets"])
     assert "summary" in proc.stdout
     assert "GEMM ceiling" in proc.stdout
+
+
+@pytest.mark.timeout(60)
+def test_numpy_reference_is_a_working_mlp():
+    """The bench's calibration reference (the engine issue's straightforward NumPy MLP) must train correctly to mean
+    anything: from the engine's initial weights it learns digits as the engine does."""
+    pytest.importorskip("sklearn")
+    sys.path.insert(0, str(ROOT))
+    from bench.engine import EngineRunner, NumpyRunner, load_workload
+
+    data = load_workload("digits", quick=False, seed=0)
+    engine = EngineRunner(data, (64,), 32, 15, seed=1)
+    ref = NumpyRunner(data, (64,), 32, 15, seed=1, init=engine.init)
+    try:
+        before = ref.accuracy()
+        for _ in range(15):
+            engine.epoch()
+            ref.epoch()
+        assert before < 0.5
+        assert ref.accuracy() >= 0.95
+        assert abs(ref.accuracy() - engine.accuracy()) <= 0.03
+    finally:
+        engine.trainer.close()
 
 
 @pytest.mark.timeout(120)
