@@ -255,7 +255,11 @@ class JobRead(BaseModel):
     progress: float = Field(ge=0, le=1)
     loss: float | None = None
     val_loss: float | None = None
-    metrics: dict[str, float] = Field(default_factory=dict, description="Latest epoch's metrics.")
+    metrics: dict[str, float] = Field(
+        default_factory=dict,
+        description="Latest epoch's metrics; once training ended with early stopping's restored best weights, the "
+        "best epoch's (those of the model's weights), as are loss and val_loss.",
+    )
     model_id: str | None = None
     error: JobError | None = None
     attempt: int
@@ -301,7 +305,10 @@ class ModelRead(BaseModel):
     spec: dict[str, Any] = Field(description="The network spec: input_dim, layers, loss.")
     task: Literal["classification", "regression"]
     classes: list[Any] | None = None
-    metrics: dict[str, Any] = Field(description="Final epoch's loss and metrics, best_epoch, epochs_run.")
+    metrics: dict[str, Any] = Field(
+        description="`final`: loss and metrics of the epoch whose weights the model holds (`weights_epoch`; the best "
+        "epoch once early stopping restored its weights, else the last), best_epoch, epochs_run."
+    )
     input_scaling: InputScaling | None = None
     partial: bool = Field(False, description="True for the weights of a cancelled job, kept on request.")
     created_at: datetime

@@ -108,6 +108,30 @@ def prepare_targets(spec: NetworkSpec, y: Any, name: str = "y") -> NDArray[np.fl
     return arr
 
 
+def _standardize(xt: NDArray[np.float64], xv: NDArray[np.float64] | None) -> tuple[
+        NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], NDArray[np.float64] | None]:
+    """(mean, scale, standardized training rows, standardized validation rows) per column; a constant column gets
+    scale 1. A column whose sum or squares overflow float64 (values beyond ~1e154) is standardized as column / its
+    largest magnitude, so mean and scale stay finite."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = xt.mean(axis=0)
+        scale = xt.std(axis=0)
+        scale[scale < 1e-12] = 1.0
+        xt_s = (xt - mean) / scale
+        xv_s = None if xv is None else (xv - mean) / scale
+    bad = ~(np.isfinite(mean) & np.isfinite(scale) & np.isfinite(xt_s).all(axis=0))
+    if bad.any():
+        peak = np.abs(xt[:, bad]).max(axis=0)
+        u = xt[:, bad] / peak
+        mu, sd = u.mean(axis=0), u.std(axis=0)
+        sd[sd < 1e-12] = 1.0
+        mean[bad], scale[bad] = mu * peak, sd * peak
+        xt_s[:, bad] = (u - mu) / sd
+        if xv_s is not None and xv is not None:
+            xv_s[:, bad] = (xv[:, bad] / peak - mu) / sd
+    return mean, scale, xt_s, xv_s
+
+
 def split_indices(n: int, fraction: float, rng: np.random.Generator) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
     """(train, validation) row indices: a seeded shuffle, the last round(n * fraction) rows held out (at least 1)."""
     n_val = max(1, round(n * fraction))
@@ -144,6 +168,7 @@ class Trainer:
         self.wait = 0
         self.best_params: Array | None = None
         self.finished: str | None = None          # completed | early_stopping, once training is over
+        self.restored_epoch: int | None = None    # the epoch whose weights early stopping restored at the end
         self._stop = False
         self._data_epoch = -1                     # the epoch whose shuffled copy _xs/_ys (or split's perm) hold
         self._perm_split: Split | None = None
@@ -227,28 +252,32 @@ class Trainer:
         self.x_mean: NDArray[np.float64] | None = None
         self.x_scale: NDArray[np.float64] | None = None
         if cfg.standardize:
-            self.x_mean = xt.mean(axis=0)
-            scale = xt.std(axis=0)
-            scale[scale < 1e-12] = 1.0
-            self.x_scale = scale
-            xt = (xt - self.x_mean) / scale
-            if xv is not None:
-                xv = (xv - self.x_mean) / scale
+            self.x_mean, self.x_scale, xt, xv = _standardize(xt, xv)
         dt = self.dtype
         # Training reads the rows with a last column of ones (network.py); `x` is a view of the rest.
         self._xa = np.empty((xt.shape[0], xt.shape[1] + 1), dtype=dt)
-        self._xa[:, :-1] = xt
         self._xa[:, -1] = 1.0
         self.x = self._xa[:, :-1]
-        self.y = np.ascontiguousarray(yt, dtype=dt)
-        self.x_val = None if xv is None else np.ascontiguousarray(xv, dtype=dt)
-        self.y_val = None if yv is None else np.ascontiguousarray(yv, dtype=dt)
+        with np.errstate(over="ignore"):                # values beyond dt's range: refused just below
+            self._xa[:, :-1] = xt
+            self.x_val = None if xv is None else np.ascontiguousarray(xv, dtype=dt)
+            self.y = np.ascontiguousarray(yt, dtype=dt)
+            self.y_val = None if yv is None else np.ascontiguousarray(yv, dtype=dt)
+        top = f"{dt.name}'s range (largest {np.finfo(dt).max:.3g})"
+        if not (np.isfinite(self._xa).all() and (self.x_val is None or np.isfinite(self.x_val).all())):
+            raise SpecError("x", f"feature values beyond {top}: "
+                                 + ("use dtype float64" if dt != np.float64 else "rescale them")
+                                 + ("" if cfg.standardize else " or standardize the inputs"))
+        if not (np.isfinite(self.y).all() and (self.y_val is None or np.isfinite(self.y_val).all())):
+            raise SpecError("y", f"target values beyond {top}: "
+                                 + ("use dtype float64 or rescale them" if dt != np.float64 else "rescale them"))
         self.n = self.x.shape[0]
         self.batch_size = min(cfg.batch_size, self.n)
         self.n_batches = -(-self.n // self.batch_size)
         self.labels = self.y.argmax(axis=1) if spec.loss == "cross_entropy" else None
         yt64 = np.asarray(yt, dtype=np.float64)
-        self._sst = ((yt64 - yt64.mean(axis=0)) ** 2).sum(axis=0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            self._sst = ((yt64 - yt64.mean(axis=0)) ** 2).sum(axis=0)
         h = hashlib.sha256()
         for arr in (self.x, self.y, self.x_val, self.y_val):
             if arr is not None:
@@ -589,6 +618,16 @@ class Trainer:
         es = self.config.early_stopping
         if es is not None and es.restore_best_weights and self.best_params is not None:
             np.copyto(self.net.params, self.best_params)
+            self.restored_epoch = self.best_epoch
+
+    def weights_record(self) -> dict[str, Any] | None:
+        """The history record of the epoch whose weights the network holds: the best epoch's once early stopping
+        restored its weights, else the last epoch's (None before any epoch)."""
+        if self.restored_epoch is not None:
+            for record in reversed(self.history):
+                if record["epoch"] == self.restored_epoch:
+                    return record
+        return self.history[-1] if self.history else None
 
     def _result(self, stopped: str) -> FitResult:
         return FitResult(history=list(self.history), stopped=stopped, best_epoch=self.best_epoch,
@@ -599,9 +638,11 @@ class Trainer:
     def model(self, meta: dict[str, Any] | None = None) -> Model:
         """The network as it stands (the best weights once early stopping restored them), with its input scaling."""
         info: dict[str, Any] = {"epochs_run": self.epoch, "best_epoch": self.best_epoch, "monitor": self.monitor}
-        if self.history:
-            last = self.history[-1]
-            info["final"] = {"loss": last["loss"], "val_loss": last["val_loss"], **last["metrics"]}
+        record = self.weights_record()
+        if record is not None:
+            # The metrics of the weights the model holds: with restored best weights, the best epoch's.
+            info["final"] = {"loss": record["loss"], "val_loss": record["val_loss"], **record["metrics"]}
+            info["weights_epoch"] = record["epoch"]
         info.update(meta or {})
         return Model(self.spec, self.net.params.copy(), dtype=str(self.dtype), x_mean=self.x_mean,
                      x_scale=self.x_scale, meta=info)

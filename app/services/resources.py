@@ -232,7 +232,11 @@ def training_targets(
                 f"the network has {units} outputs but the dataset has {y.shape[1]} target columns", field="network_id"
             )
         if y.min() < 0 or y.max() > 1:
-            raise InvalidRequest("binary_cross_entropy needs targets in [0, 1]", field="dataset_id")
+            raise InvalidRequest(
+                f"binary_cross_entropy needs targets in [0, 1]; this dataset's range from {float(y.min()):g} to "
+                f"{float(y.max()):g} (use a regression loss such as mse, or class labels)",
+                field="dataset_id",
+            )
         return y
     # regression losses
     if kind == "classification" and classes is not None:
@@ -280,7 +284,7 @@ def submit_job(
             f"the network's input_dim is {spec.input_dim} but the dataset has {dataset.n_features} features per row",
             field="network_id",
         )
-    _check_outputs(spec, dataset)
+    _check_outputs(session, spec, dataset)
     for name, value, limit in (
         ("epochs", body.get("epochs"), limits.max_epochs),
         ("batch_size", body.get("batch_size"), limits.max_batch_size),
@@ -386,11 +390,15 @@ def _remember(session: Session, owner: str, key: str, kind: str, request_sha: st
         raise Conflict("a request with this Idempotency-Key is being processed; retry shortly") from None
 
 
-def _check_outputs(spec: NetworkSpec, dataset: Dataset) -> None:
-    """Whether the network's outputs fit the dataset's targets, judged on one stand-in row of the stored shape."""
+def _check_outputs(session: Session, spec: NetworkSpec, dataset: Dataset) -> None:
+    """Whether the network's outputs fit the dataset's targets, judged on one stand-in row of the stored shape; and
+    where the values matter too (binary_cross_entropy on numeric targets: each in [0, 1]), on the stored targets."""
     k = dataset.n_targets
     one_row = np.zeros(1) if dataset.kind == DatasetKind.CLASSIFICATION else np.zeros((1, k))
     training_targets(spec, str(dataset.kind), dataset.classes, one_row, k)
+    if spec.loss == "binary_cross_entropy" and dataset.kind != DatasetKind.CLASSIFICATION:
+        _, y = load_dataset_arrays(session, dataset)
+        training_targets(spec, str(dataset.kind), dataset.classes, y, k)
 
 
 def get_job(session: Session, *, owner: str, job_id: str) -> Job:

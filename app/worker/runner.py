@@ -279,8 +279,8 @@ class JobRun:
             "epoch": trainer.epoch,
             "progress": min(1.0, (trainer.epoch + trainer.batch / trainer.n_batches) / trainer.config.epochs),
         }
-        if trainer.history:
-            last = trainer.history[-1]
+        last = trainer.weights_record()     # once early stopping restored the best weights, the best epoch's
+        if last is not None:
             values["last_metrics"] = {"loss": last["loss"], "val_loss": last["val_loss"], "metrics": last["metrics"]}
         return values
 
@@ -321,20 +321,30 @@ class JobRun:
             blobs.delete_blob(s, blob_id)
 
     def _succeed(self) -> None:
-        self._store_model(partial=False)
+        blob_id = self._store_model(partial=False)
         with self.db.session() as s:
             now = repo.now_db(s)
             self.fenced(s, **self._progress_values())
             repo.add_epochs(s, self.args.job_id, self.pending)
-            model_id = self._model_row(s, partial=False)
+            # The fence holds the job's row: a cancel the API accepted (202) before it is seen here, and one after it
+            # finds the job no longer running (409). An accepted cancel is honoured even when the training it asked
+            # to stop has just finished: the job ends cancelled, its model kept only with keep_partial_model (all
+            # epochs ran, so it is not marked partial).
+            cancelled = repo.cancel_requested(s, self.args.job_id)
+            values: dict[str, Any] = {"progress": 1.0}
+            if not cancelled or self.keep_partial:
+                values["model_id"] = self._model_row(s, partial=False)
+            else:
+                blobs.delete_blob(s, blob_id)
             self._drop_checkpoints(s)
             if not repo.finish_job(
                 s,
                 self.args.job_id,
                 self.args.token,
-                JobStatus.SUCCEEDED,
+                JobStatus.CANCELLED if cancelled else JobStatus.SUCCEEDED,
                 now=now,
-                values={"model_id": model_id, "progress": 1.0},
+                values=values,
+                reason="cancelled by the user (as training finished)" if cancelled else None,
             ):
                 raise LeaseLost(self.args.job_id)
         self.pending.clear()

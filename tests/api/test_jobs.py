@@ -85,6 +85,17 @@ async def test_binary_cross_entropy_with_three_classes_is_422(api: Api, client: 
     assert_problem(r, 422, "3 classes", field="network_id")
 
 
+async def test_binary_cross_entropy_on_numeric_targets_outside_0_1_is_422_up_front(api: Api, client: httpx.AsyncClient):
+    """The audit's case: the job was accepted (202) and failed later in the worker; the targets' range is known."""
+    net = await api.network(layers=[{"units": 1, "activation": "sigmoid"}], loss="binary_cross_entropy")
+    bad = await api.dataset(targets=[1.5, -2.5, 3.5] + [0.5] * 9, task="regression")
+    r = await client.post("/v1/jobs", json={"network_id": net["id"], "dataset_id": bad["id"]})
+    assert_problem(r, 422, "[0, 1]", "-2.5", "3.5", field="dataset_id")
+    good = await api.dataset(targets=[0.25, 1.0, 0.0] + [0.5] * 9, task="regression")
+    r = await client.post("/v1/jobs", json={"network_id": net["id"], "dataset_id": good["id"]})
+    assert r.status_code == 202, r.text
+
+
 async def test_unknown_network_or_dataset_is_404(api: Api, client: httpx.AsyncClient):
     net, ds = await network_and_dataset(api)
     missing = random_id()

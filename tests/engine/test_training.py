@@ -100,6 +100,27 @@ def test_early_stopping_stops_on_a_plateau_and_restores_the_best_weights(rng):
     assert recomputed == pytest.approx(result.best_value, rel=1e-5)
     assert abs(val_losses[-1] - result.best_value) > 1e-3 * result.best_value   # so the check above discriminates
     assert model.meta["best_epoch"] == result.best_epoch
+    # The model reports the metrics of the weights it holds: the best epoch's, not the last epoch's.
+    assert model.meta["weights_epoch"] == result.best_epoch
+    assert model.meta["final"]["val_loss"] == result.best_value
+    assert model.meta["final"]["loss"] == history[result.best_epoch - 1]["loss"]
+    assert trainer.weights_record() == history[result.best_epoch - 1]
+
+
+def test_without_restoring_the_model_reports_its_last_epoch(rng):
+    x, y = noise_regression(rng, 60)
+    x_val, y_val = noise_regression(rng, 40)
+    spec = NetworkSpec.from_dict({"input_dim": 5, "layers": [{"units": 64, "activation": "tanh"}, {"units": 1}],
+                                  "loss": "mse"})
+    cfg = TrainConfig.from_dict({"epochs": 300, "batch_size": 10, "optimizer": {"name": "adam", "learning_rate": 0.01},
+                                 "early_stopping": {"patience": 5, "restore_best_weights": False}})
+    trainer = Trainer(spec, cfg, x, y, x_val=x_val, y_val=y_val)
+    result = trainer.fit()
+    assert result.stopped == "early_stopping"
+    model = trainer.model()
+    assert model.meta["weights_epoch"] == result.epochs_run != result.best_epoch
+    assert model.meta["final"]["val_loss"] == result.history[-1]["val_loss"]
+    assert mean_squared_error(y_val, model.predict(x_val)) == pytest.approx(result.history[-1]["val_loss"], rel=1e-5)
 
 
 def test_early_stopping_on_training_loss_without_validation(rng):
@@ -388,3 +409,57 @@ def test_train_helper_accepts_plain_dicts(regression):
                           {"epochs": 2})
     assert result.stopped == "completed"
     assert model.predict(x).shape == (80, 2)
+
+
+def test_standardizing_columns_of_huge_values_keeps_mean_and_scale_finite(rng):
+    """A column whose squares overflow float64 (the audit's 1e308) used to get an infinite scale (null in the API, the
+    column silently zeroed); it is standardized by its largest magnitude instead, and still informs the model."""
+    n = 80
+    signal = rng.choice([-1.0, 1.0], size=n)
+    x = np.column_stack([signal * 1e308, rng.normal(size=n)])
+    y = (signal > 0).astype(int)
+    spec = NetworkSpec.from_dict({"input_dim": 2, "layers": [{"units": 8, "activation": "tanh"},
+                                                             {"units": 2, "activation": "softmax"}],
+                                  "loss": "cross_entropy"})
+    cfg = TrainConfig.from_dict({"epochs": 30, "batch_size": 16, "dtype": "float64", "standardize": True,
+                                 "optimizer": {"name": "adam", "learning_rate": 0.05}})
+    with np.errstate(all="raise"):
+        trainer = Trainer(spec, cfg, x, y)
+    assert np.isfinite(trainer.x_mean).all()
+    assert np.isfinite(trainer.x_scale).all()
+    assert trainer.x_scale[0] > 1e307
+    assert np.abs(trainer.x).max() < 10
+    result = trainer.fit()
+    assert result.history[-1]["metrics"]["accuracy"] == 1.0     # learned from the huge column alone
+    model = trainer.model()
+    assert np.array_equal(model.predict(x[:4]).argmax(axis=1), y[:4])
+
+
+def test_ordinary_columns_standardize_as_before(rng):
+    x = rng.normal(3.0, 2.0, size=(50, 3))
+    spec = NetworkSpec.from_dict({"input_dim": 3, "layers": [{"units": 1}], "loss": "mse"})
+    trainer = Trainer(spec, TrainConfig.from_dict({"standardize": True, "dtype": "float64"}), x, x[:, :1])
+    assert np.array_equal(trainer.x_mean, x.mean(axis=0))
+    assert np.array_equal(trainer.x_scale, x.std(axis=0))
+    assert np.array_equal(trainer.x, (x - x.mean(axis=0)) / x.std(axis=0))
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_values_beyond_float32_are_refused_naming_the_fix(rng, standardize):
+    x = rng.normal(size=(20, 2))
+    x[3, 1] = 1e39
+    y = rng.normal(size=(20, 1))
+    spec = NetworkSpec.from_dict({"input_dim": 2, "layers": [{"units": 1}], "loss": "mse"})
+    if standardize:     # standardized, the same column fits float32: no error
+        Trainer(spec, TrainConfig.from_dict({"standardize": True}), x, y)
+        return
+    with pytest.raises(SpecError, match="float32") as err:
+        Trainer(spec, TrainConfig.from_dict({}), x, y)
+    assert err.value.field == "x"
+    assert "float64" in str(err.value)
+    assert "standardize" in str(err.value)
+    y[0, 0] = -1e40
+    with pytest.raises(SpecError, match="target values beyond float32") as err:
+        Trainer(spec, TrainConfig.from_dict({"standardize": True}), x, y)
+    assert err.value.field == "y"
+    Trainer(spec, TrainConfig.from_dict({"dtype": "float64"}), x, y)      # float64 holds them
