@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from app.api import errors, metrics, openapi
 from app.api.deps import AppState
-from app.api.middleware import AccessLog, BodyLimit
+from app.api.middleware import AccessLog, Authenticate, BodyLimit, HeadAsGet
 from app.api.routes import datasets, health, jobs, models, networks, ui, webhooks
 from app.config import Settings
 from app.db.session import Database
@@ -17,9 +17,10 @@ Train multilayer perceptrons over HTTP. Define a **network**, submit a **dataset
 launch a training **job** that a background worker runs on our NumPy backpropagation engine, poll its progress and
 per-epoch history, then fetch the trained **model** and predict on new rows.
 
-Every `/v1` route needs `Authorization: Bearer <key>` (`backprop keys create NAME` makes one). Errors are
-`application/problem+json`: `type`, `title`, `status`, `detail`, and `field`/`errors` where the input is at fault.
-Lists take `limit` (max 100) and `after` (the last id of the previous page) and answer `{data, has_more}`.
+Every `/v1` route needs `Authorization: Bearer <key>` (`backprop keys create NAME` makes one); without a valid key
+the answer is 401, whatever the request's body. Errors are `application/problem+json`: `type`, `title`, `status`,
+`detail`, and `field`/`errors` where the input is at fault. Lists take `limit` (max 100) and `after` (the last id of
+the previous page; any other value is a 422) and answer `{data, has_more}`. Every GET route also answers HEAD.
 """
 
 
@@ -55,7 +56,11 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     openapi.install(app)
     for module in (networks, datasets, jobs, models, webhooks, health, ui):
         app.include_router(module.router)
+    # Each add_middleware wraps the previous ones: a request meets AccessLog, HeadAsGet, Authenticate (401 before the
+    # body is read or validated), then BodyLimit.
     app.add_middleware(BodyLimit, max_json_bytes=settings.max_json_bytes, max_upload_bytes=settings.max_upload_bytes)
+    app.add_middleware(Authenticate, prefix="/v1")
+    app.add_middleware(HeadAsGet)
     app.add_middleware(AccessLog)
     metrics.install(app)  # last: its middleware is the outermost, so it sees every answer
     return app

@@ -6,11 +6,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, TypeVar
 
-from fastapi import Depends, Header, Query, Request
+from fastapi import Depends, Query, Request
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.db.models import ApiKey
 from app.db.session import Database, is_busy_error
 from app.errors import UnsupportedMedia
 from app.services import keys
@@ -20,7 +21,10 @@ T = TypeVar("T")
 
 # Every list is paginated the same way.
 Limit = Annotated[int, Query(ge=1, le=100, description="Items per page (max 100).")]
-After = Annotated[str | None, Query(max_length=64, description="Id of the last item of the previous page.")]
+After = Annotated[
+    str | None,
+    Query(max_length=64, description="Id of the last item of the previous page (another value is a 422)."),
+]
 
 
 @dataclass
@@ -61,11 +65,9 @@ WriteSession = Annotated[Session, Depends(write_session, scope="function")]
 ReadSession = Annotated[Session, Depends(read_session, scope="function")]
 
 
-def owner(
-    request: Request, st: StateDep, authorization: Annotated[str | None, Header(include_in_schema=False)] = None
-) -> str:
-    """The owner of the API key in `Authorization: Bearer <key>`; 401 for a missing, malformed, revoked or
-    unknown key (one body for all)."""
+def authenticate(st: AppState, authorization: str | None) -> ApiKey:
+    """The active key in `Authorization: Bearer <key>`; Unauthorized (401, one body for all) for a missing,
+    malformed, revoked or unknown one. Records the key's use (at most once a minute, best effort)."""
     with st.db.read_session() as session:
         key = keys.authenticate(session, authorization)
     if keys.needs_touch(key):
@@ -75,7 +77,17 @@ def owner(
         except DBAPIError as exc:   # best effort: a busy database must not fail a read over a usage stamp
             if not is_busy_error(exc):
                 raise
-    request.state.key_prefix = key.prefix
+    return key
+
+
+def owner(request: Request, st: StateDep) -> str:
+    """The owner of the request's API key. middleware.Authenticate checks the key of every /v1 request before its
+    body is read and leaves the owner in the request state; a route outside /v1 that needs an owner checks it here."""
+    found = getattr(request.state, "owner", None)
+    if isinstance(found, str):
+        return found
+    key = authenticate(st, request.headers.get("authorization"))
+    request.state.owner, request.state.key_prefix = key.owner, key.prefix
     return key.owner
 
 

@@ -4,8 +4,9 @@ OpenAPI document. `install(app)` wires it; every app has its own registry (tests
 Exported:
 - `backprop_http_requests_total{method,route,status}` and `backprop_http_request_duration_seconds{method,route}`,
   recorded by `RequestMetrics`, a pure ASGI middleware (responses keep streaming). `route` is the route template
-  (`/v1/jobs/{job_id}`), never the raw path; a request no route handled (unknown path, trailing-slash redirect, a
-  body refused by its Content-Length before routing) is `<unmatched>`; an unusual method is `OTHER`. A request is
+  (`/v1/jobs/{job_id}`), never the raw path. A request answered before routing (a 401 from Authenticate, a body
+  refused by its Content-Length) counts under the route its path matches; one that matches none (unknown path,
+  trailing-slash redirect) is `<unmatched>`. An unusual method is `OTHER`. A request is
   counted when its response starts (or as a 500 if it fails before that), and timed until its response ends,
   except event streams (`text/event-stream`): their length is how long the client listened, so they are counted
   but not timed.
@@ -44,6 +45,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.deps import AppState
+from app.api.middleware import route_path
+from app.api.openapi import routes_at
 from app.db import stats
 from app.db.session import Database
 from app.domain import JobStatus
@@ -189,10 +192,18 @@ class RequestMetrics:
 
 def route_template(scope: Scope) -> str:
     """The template of the route that handled the request (`/v1/jobs/{job_id}`), from the `route` the router
-    stores in the scope once it has matched one (a full match, or the partial one that answers 405)."""
+    stores in the scope once it has matched one (a full match, or the partial one that answers 405); for a request
+    answered before routing, that of the route its path matches."""
     route = scope.get("route")
     template = getattr(route, "path_format", None) or getattr(route, "path", None)
-    return template if isinstance(template, str) and template else UNMATCHED
+    if isinstance(template, str) and template:
+        return template
+    app = scope.get("app")
+    if isinstance(app, FastAPI):
+        shapes = routes_at(app, route_path(scope), scope["method"])
+        if shapes:
+            return shapes[0].template
+    return UNMATCHED
 
 
 def _is_event_stream(message: Message) -> bool:

@@ -1,8 +1,13 @@
 """The OpenAPI document, completed: every error answer each route can give, as application/problem+json, and the
-JSON schema of the dataset upload (whose route reads its body itself to accept JSON or multipart)."""
+JSON schema of the dataset upload (whose route reads its body itself to accept JSON or multipart). Also the table of
+every route's path template and methods (`routes_at`), for the answers given without FastAPI's router: the Allow
+header of a 405, HEAD on GET routes, and the route label of a request refused before routing."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
@@ -77,3 +82,45 @@ def install(app: FastAPI) -> None:
         return doc
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+@dataclass(frozen=True)
+class RouteShape:
+    """A route as a client sees it: its path template, the regex of the paths it serves, and its methods."""
+
+    template: str
+    pattern: re.Pattern[str]
+    methods: frozenset[str]
+
+
+def _flat_routes(routes: Any) -> Iterator[Any]:
+    """Routes, with those of included routers (newer FastAPI keeps them behind a wrapper) flattened in."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _flat_routes(inner.routes)
+        else:
+            yield route
+
+
+def route_shapes(app: FastAPI) -> list[RouteShape]:
+    """Every route: those of the OpenAPI paths (stable across FastAPI's internal route types), then those the
+    document leaves out (the dashboard, /metrics). Built once per app, on first use."""
+    shapes: list[RouteShape] | None = getattr(app.state, "route_shapes", None)
+    if shapes is None:
+        shapes = []
+        for template, item in app.openapi().get("paths", {}).items():
+            pattern = re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$")
+            shapes.append(RouteShape(template, pattern, frozenset(m.upper() for m in item)))
+        for route in _flat_routes(app.routes):
+            if getattr(route, "include_in_schema", True) is False and getattr(route, "methods", None):
+                template = getattr(route, "path_format", None) or route.path
+                shapes.append(RouteShape(template, route.path_regex, frozenset(route.methods)))
+        app.state.route_shapes = shapes
+    return shapes
+
+
+def routes_at(app: FastAPI, path: str, method: str | None = None) -> list[RouteShape]:
+    """The routes serving `path` (as routed: without the root path), those that take `method` first."""
+    found = [shape for shape in route_shapes(app) if shape.pattern.match(path)]
+    return sorted(found, key=lambda shape: method not in shape.methods) if method else found

@@ -32,6 +32,7 @@ from app.db.models import (
 )
 from app.db.notify import notify_queue
 from app.domain import TERMINAL, JobEventType, JobStatus
+from app.errors import InvalidRequest
 
 T = TypeVar("T", Network, Dataset, Job, Model)
 
@@ -56,7 +57,10 @@ def list_owned(
     after: str | None,
     extra: Sequence[ColumnElement[bool]] = (),
 ) -> tuple[list[T], bool]:
-    """Newest first, keyset-paginated on (created_at, id): `after` is the id of the last item of the previous page."""
+    """Newest first, keyset-paginated on (created_at, id): `after` is the id of the last item of the previous page.
+
+    Any other cursor (empty, unknown, or another owner's id: the same answer) is InvalidRequest naming `after`; an
+    empty page would read as the end of the list. A cursor deleted since its page was read still works."""
     conds: list[ColumnElement[bool]] = [cls.owner == owner, *extra]
     if hasattr(cls, "deleted_at"):
         conds.append(cls.deleted_at.is_(None))  # type: ignore[union-attr]
@@ -65,7 +69,10 @@ def list_owned(
             select(cls.created_at, cls.id).where(cls.id == after, cls.owner == owner)
         ).one_or_none()
         if cursor is None:
-            return [], False
+            raise InvalidRequest(
+                f"unknown cursor {after!r}: `after` takes the id of the last item of a page of this list",
+                field="after",
+            )
         conds.append(or_(cls.created_at < cursor[0], and_(cls.created_at == cursor[0], cls.id < cursor[1])))
     rows = list(
         session.execute(

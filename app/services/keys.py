@@ -43,10 +43,12 @@ def split_key(key: str) -> tuple[str, str] | None:
 
 
 def authenticate(session: Session, authorization: str | None) -> ApiKey:
-    """The active key behind an `Authorization: Bearer` header; Unauthorized (one message for every failure)."""
-    if not authorization or not authorization.startswith("Bearer "):
+    """The active key behind an `Authorization: Bearer` header (the scheme in any case, RFC 9110 §11.1);
+    Unauthorized (one message for every failure)."""
+    scheme, space, credentials = (authorization or "").partition(" ")
+    if not space or scheme.lower() != "bearer":
         raise Unauthorized(UNAUTHORIZED)
-    parsed = split_key(authorization[7:].strip())
+    parsed = split_key(credentials.strip())
     if parsed is None:
         raise Unauthorized(UNAUTHORIZED)
     row = repo.key_by_prefix(session, parsed[0])

@@ -40,14 +40,15 @@ async def test_one_access_line_per_request_and_never_a_key(
         (alice, "POST", "/v1/networks", {"json": network_body(2, (3,))}, 201, prefix),
         (alice, "GET", f"/v1/networks/{random_id()}", {}, 404, prefix),
         (alice, "POST", "/v1/networks", {"json": {"input_dim": "x"}}, 422, prefix),
-        (small, "POST", "/v1/networks", {"json": {"name": "n" * 200}}, 413, None),
+        (small, "POST", "/v1/networks", {"json": {"name": "n" * 200}}, 413, prefix),   # the key is checked first
         (anon, "GET", "/v1/networks", {}, 401, None),
         (anon, "GET", "/v1/networks", {"headers": {"Authorization": f"Bearer {unknown}"}}, 401, None),
         (anon, "GET", "/v1/networks", {"headers": {"Authorization": f"Bearer {wrong_secret}"}}, 401, None),
         (anon, "GET", "/v1/networks", {"headers": {"Authorization": f"Bearer {template.revoked}"}}, 401, None),
         (anon, "GET", "/v1/networks", {"params": {"api_key": key}}, 401, None),
         (anon, "GET", "/healthz", {}, 200, None),
-        (anon, "DELETE", "/v1/networks", {}, 405, None),
+        (anon, "DELETE", "/v1/networks", {}, 401, None),      # no key: 401 before anything else
+        (alice, "DELETE", "/v1/networks", {}, 405, prefix),
     ]
     caplog.clear()
     for client, method, path, kw, status, _ in calls:
