@@ -30,6 +30,7 @@ from app.db.session import Database
 from app.main import create_app
 from app.services import keys
 from app.worker.loop import Supervisor
+from app.worker.runner import EXIT_OK, ChildArgs, JobRun
 from tests.backends import (
     BACKENDS,
     POSTGRESQL,
@@ -158,6 +159,23 @@ class Api:
         r = await self.client.post("/v1/jobs", json={**body, **overrides})
         assert r.status_code == 202, r.text
         return r.json()
+
+
+def train_queued_job(settings: Settings, db: Database, job_id: str) -> None:
+    """Claim the job as a worker would and train it with the training child's code (`JobRun`), in this process."""
+    claimed = Supervisor(settings, db, worker_id="api-test").claim()
+    assert claimed is not None
+    assert claimed[0] == job_id
+    _, token, attempt = claimed
+    args = ChildArgs(
+        database_url=str(settings.database_url),
+        job_id=job_id,
+        token=token,
+        attempt=attempt,
+        lease_seconds=60.0,
+        checkpoint_seconds=60.0,
+    )
+    assert JobRun(db, args).run() == EXIT_OK
 
 
 def client_for(app: FastAPI, key: str | None) -> httpx.AsyncClient:

@@ -20,9 +20,8 @@ import pytest
 from app.config import Settings
 from app.db.session import Database
 from app.worker import runner
-from app.worker.loop import Supervisor
-from app.worker.runner import EXIT_OK, ChildArgs, JobRun
-from tests.api.conftest import blobs, network_body
+from app.worker.runner import JobRun
+from tests.api.conftest import blobs, network_body, train_queued_job
 
 pytestmark = pytest.mark.anyio
 
@@ -40,18 +39,6 @@ async def queued_job(client: httpx.AsyncClient, **extra: Any) -> str:
     return str(r.json()["id"])
 
 
-def run_claimed(settings: Settings, db: Database, job_id: str) -> None:
-    claimed = Supervisor(settings, db, worker_id="cancel-race").claim()
-    assert claimed is not None
-    assert claimed[0] == job_id
-    _, token, attempt = claimed
-    args = ChildArgs(
-        database_url=str(settings.database_url), job_id=job_id, token=token, attempt=attempt,
-        lease_seconds=60.0, checkpoint_seconds=60.0,
-    )
-    assert JobRun(db, args).run() == EXIT_OK
-
-
 @pytest.mark.parametrize("keep_partial", [False, True])
 async def test_a_cancel_accepted_as_training_ends_is_honoured(
     client: httpx.AsyncClient, settings: Settings, db: Database, monkeypatch: pytest.MonkeyPatch, keep_partial: bool
@@ -66,7 +53,7 @@ async def test_a_cancel_accepted_as_training_ends_is_honoured(
         succeed(self)
 
     monkeypatch.setattr(runner.JobRun, "_succeed", cancel_then_succeed)
-    await anyio.to_thread.run_sync(run_claimed, settings, db, job_id)
+    await anyio.to_thread.run_sync(train_queued_job, settings, db, job_id)
 
     assert [r.status_code for r in cancels] == [202], [r.text for r in cancels]
     job = (await client.get(f"/v1/jobs/{job_id}")).json()
@@ -91,7 +78,7 @@ async def test_a_cancel_accepted_as_training_ends_is_honoured(
 
 async def test_a_job_without_a_cancel_still_succeeds(client: httpx.AsyncClient, settings: Settings, db: Database):
     job_id = await queued_job(client)
-    await anyio.to_thread.run_sync(run_claimed, settings, db, job_id)
+    await anyio.to_thread.run_sync(train_queued_job, settings, db, job_id)
     job = (await client.get(f"/v1/jobs/{job_id}")).json()
     assert job["status"] == "succeeded", job
     assert job["model_id"] is not None
@@ -114,7 +101,7 @@ async def test_restored_best_weights_report_the_best_epochs_metrics(client: http
                 "early_stopping": {"patience": 5, "restore_best_weights": restore}}
         r = await client.post("/v1/jobs", json=body)
         assert r.status_code == 202, r.text
-        await anyio.to_thread.run_sync(run_claimed, settings, db, r.json()["id"])
+        await anyio.to_thread.run_sync(train_queued_job, settings, db, r.json()["id"])
         jobs[restore] = (await client.get(f"/v1/jobs/{r.json()['id']}")).json()
     for restore, job in jobs.items():
         assert job["status"] == "succeeded", job

@@ -18,9 +18,7 @@ import pytest
 from app.config import Settings
 from app.db.session import Database
 from app.engine import ACTIVATIONS
-from app.worker.loop import Supervisor
-from app.worker.runner import EXIT_OK, ChildArgs, JobRun
-from tests.api.conftest import assert_problem, random_id
+from tests.api.conftest import assert_problem, random_id, train_queued_job
 
 pytestmark = pytest.mark.anyio
 
@@ -58,23 +56,6 @@ def run_onnx(data: bytes, x: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     (out,) = session.run(["outputs"], {"inputs": x.astype(np.float32)})
     return out
-
-
-def train_queued_job(settings: Settings, db: Database, job_id: str) -> None:
-    """Claim the job as a worker would and train it with the training child's code, in this process."""
-    claimed = Supervisor(settings, db, worker_id="onnx-test").claim()
-    assert claimed is not None
-    assert claimed[0] == job_id
-    _, token, attempt = claimed
-    args = ChildArgs(
-        database_url=str(settings.database_url),
-        job_id=job_id,
-        token=token,
-        attempt=attempt,
-        lease_seconds=60.0,
-        checkpoint_seconds=60.0,
-    )
-    assert JobRun(db, args).run() == EXIT_OK
 
 
 async def trained_model(
