@@ -222,6 +222,7 @@ def upload_form(
     header: bool | None,
     task: str | None,
     name: str | None,
+    delimiter: str | None = None,
 ) -> dict[str, str]:
     data: dict[str, str] = {}
     if target is not None:
@@ -233,6 +234,8 @@ def upload_form(
         data["task"] = task
     if name is not None:
         data["name"] = name
+    if delimiter is not None:
+        data["delimiter"] = delimiter
     return data
 
 

@@ -233,6 +233,7 @@ class AsyncDatasets(_Resource):
         name: str | None = None,
         filename: str | None = None,
         idempotency_key: str | None = None,
+        delimiter: Literal[",", ";", "\t", "|"] | None = None,
     ) -> Dataset:
         upload = Upload(file, filename)
         key = idempotency_key or _core.new_idempotency_key()
@@ -241,7 +242,7 @@ class AsyncDatasets(_Resource):
                 "POST",
                 "/v1/datasets",
                 upload=upload,
-                form=_core.upload_form(target, header, task, name),
+                form=_core.upload_form(target, header, task, name, delimiter),
                 headers={"Idempotency-Key": key},
             )
         )

@@ -228,9 +228,11 @@ class Datasets(_Resource):
         name: str | None = None,
         filename: str | None = None,
         idempotency_key: str | None = None,
+        delimiter: Literal[",", ";", "\t", "|"] | None = None,
     ) -> Dataset:
         """Upload a CSV: a path, bytes or a binary file object. `target` names the target column(s) by header name
-        or 0-based index (default: the last column); `header` forces whether the first line names the columns."""
+        or 0-based index (default: the last column); `header` forces whether the first line names the columns;
+        `delimiter` the column separator (default: detected from the first line)."""
         upload = Upload(file, filename)
         key = idempotency_key or _core.new_idempotency_key()
         return Dataset.from_dict(
@@ -238,7 +240,7 @@ class Datasets(_Resource):
                 "POST",
                 "/v1/datasets",
                 upload=upload,
-                form=_core.upload_form(target, header, task, name),
+                form=_core.upload_form(target, header, task, name, delimiter),
                 headers={"Idempotency-Key": key},
             )
         )

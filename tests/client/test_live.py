@@ -100,6 +100,13 @@ def test_datasets_from_rows_and_from_csv_path_bytes_and_file(live: Live, tenant:
             assert (ds.n_samples, ds.n_features, ds.task, ds.classes) == (150, 4, "classification", SPECIES)
             assert ds.feature_names == IRIS_COLUMNS
         assert from_path.sha256 == from_bytes.sha256 == from_file.sha256
+        semi = iris_csv().replace(b",", b";")
+        for delimiter in (";", None):       # named, or detected from the first line
+            ds = c.datasets.upload(semi, target="species", delimiter=delimiter)
+            assert (ds.n_samples, ds.feature_names, ds.classes) == (150, IRIS_COLUMNS, SPECIES)
+            c.datasets.delete(ds.id)
+        with pytest.raises(ValidationError, match="species"):    # told wrongly: the header is one column
+            c.datasets.upload(semi, target="species", delimiter="|")
         reg = c.datasets.upload(io.BytesIO(regression_csv()), target="y", filename="reg.csv")
         assert (reg.task, reg.n_targets, reg.classes, reg.target_names) == ("regression", 1, None, ["y"])
         assert c.datasets.get(from_bytes.id).name == "bytes"
