@@ -161,10 +161,11 @@ async def test_a_sender_that_dies_mid_attempt_leaves_the_delivery_due_again(
     with Receiver() as receiver:
         job_id = await cancelled_job_with_hook(client, api, receiver.url)
         fast = sender_settings(settings, webhook_timeout_seconds=0.2)
+        # The dead sender's lease: 1 s timeout + 2 s, long enough that the survivor's first look below falls inside
+        # it on a slow host (0.6 s was not: seen once), short enough for the drain's 20 s.
+        dead = WebhookSender(sender_settings(settings, webhook_timeout_seconds=1.0), db, worker_id="dead")
         with db.session() as session:
-            claimed = repo.claim_delivery(
-                session, now=repo.now_db(session), lease_seconds=WebhookSender(fast, db, worker_id="dead").lease_seconds
-            )
+            claimed = repo.claim_delivery(session, now=repo.now_db(session), lease_seconds=dead.lease_seconds)
             assert claimed is not None
         other = WebhookSender(fast, db, worker_id="survivor")
         assert other.deliver_due() == 0, "a claimed delivery is out of reach while its lease runs"
